@@ -1,0 +1,123 @@
+"""Chorus: one local language model, many voices.
+
+`python app.py` opens the web UI on 127.0.0.1; the subcommands work from the terminal.
+This file parses the command line and hands off to core services or the UI; it holds no
+model code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default=None, help="Hugging Face model id or local folder (default: the embedded SmolLM2-135M-Instruct)")
+    common.add_argument("--data-dir", default=None, help="where Chorus keeps its data (default: $CHORUS_HOME or a per-user data folder)")
+    common.add_argument("--max-resident-adapters", type=int, default=8, help="how many persona adapters stay loaded at once (default 8)")
+
+    parser = argparse.ArgumentParser(
+        prog="app.py",
+        description="Chorus: chat with personas that share one local language model.",
+        parents=[common],
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port for the web UI (default 7860)")
+    parser.add_argument("--auth", default=None, help="USER:PASS required when --host is not a loopback address")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("personas", parents=[common], help="list personas")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("chat", parents=[common], help="send one message to a persona and print the reply")
+    p.add_argument("persona", help="persona id or name")
+    p.add_argument("message", help="your message")
+    p.add_argument("--conversation", default=None, help="continue this conversation id")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.7)
+
+    p = sub.add_parser("inspect", help="read a chat export and say what is in it")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_personas(args) -> int:
+    from storage.store import Store
+    from core.starter import seed_starters
+
+    store = Store()
+    seed_starters(store)
+    rows = []
+    for p in store.personas.list():
+        adapter = store.current_adapter(p)
+        rows.append({"id": p["id"], "name": p["name"], "adapter": f"v{adapter['version']} ({adapter['folder']})" if adapter else None})
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        width = max((len(r["id"]) for r in rows), default=2)
+        for r in rows:
+            print(f"{r['id']:<{width}}  {r['name']}  [{r['adapter'] or 'no adapter'}]")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from core.engine import GenerationSettings
+    from core.runtime import Runtime, RuntimeOptions
+
+    runtime = Runtime(RuntimeOptions(model=args.model, max_resident_adapters=args.max_resident_adapters))
+    persona = runtime.store.personas.find(args.persona)
+    settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if args.conversation:
+        runtime.store.conversations.get(args.conversation)
+    chat = runtime.load()
+    conv_id = args.conversation or chat.start_conversation(persona["id"])["id"]
+    print(f"\n{persona['name']}: ", end="", flush=True)
+    for event in chat.send(conv_id, persona["id"], args.message, settings):
+        if event.kind == "delta":
+            print(event.text, end="", flush=True)
+        elif event.kind == "warning":
+            print(f"\n[warning] {event.text}", file=sys.stderr)
+    print()
+    print(f"(conversation {conv_id}; continue with --conversation {conv_id})", file=sys.stderr)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from core.chatimport.cli import inspect_command
+
+    return inspect_command(args.file, args.json)
+
+
+def cmd_serve(args) -> int:
+    from ui.server import serve
+
+    return serve(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.data_dir:
+        os.environ["CHORUS_HOME"] = os.path.abspath(os.path.expanduser(args.data_dir))
+    from core.errors import ChorusError
+
+    handlers = {"personas": cmd_personas, "chat": cmd_chat, "inspect": cmd_inspect, None: cmd_serve}
+    try:
+        return handlers[args.command](args)
+    except ChorusError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

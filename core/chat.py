@@ -1,0 +1,171 @@
+"""The chat service: conversations with personas, on top of the engine and the store.
+
+A handler (web UI or command line) calls one method here; this module renders the
+persona's prompt from the shown branch, asks the engine for a streamed reply with the
+persona's adapter, and saves what was written, with the persona that wrote it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from core.engine import AdapterRef, Engine, GenerationSettings
+from core.errors import AdapterCorrupt, AdapterIncompatible, ChorusError
+from core.prompting import build_prompt, fill_placeholders
+from storage.store import Store
+
+
+@dataclass
+class ReplyEvent:
+    kind: str  # "delta" (more text), "warning" (shown to the user), "done" (saved)
+    text: str = ""
+    message: dict | None = None
+    info: dict = field(default_factory=dict)
+
+
+class ChatService:
+    def __init__(self, store: Store, engine: Engine):
+        self.store = store
+        self.engine = engine
+
+    # personas and adapters -------------------------------------------------
+
+    def adapter_ref(self, persona: dict) -> AdapterRef | None:
+        row = self.store.current_adapter(persona)
+        if row is None:
+            return None
+        return AdapterRef(persona["id"], self.store.adapters.folder(row), row["sha256"])
+
+    def attach_adapter(self, persona_id: str, folder: Path) -> dict:
+        """Check an adapter folder against the running model, store it as the persona's
+        next version and load it; on any failure nothing already saved changes."""
+        persona = self.store.personas.get(persona_id)
+        spec = self.engine.check_adapter(folder)
+        meta = spec.store_meta()
+        meta["base_model"] = meta["base_model"] or self.engine.info.name
+        meta["base_fingerprint"] = self.engine.info.fingerprint
+        previous = persona.get("adapter_id")
+        row = self.store.adapters.add_version(persona_id, folder, meta)
+        try:
+            self.engine.ensure_adapter(AdapterRef(persona_id, self.store.adapters.folder(row), row["sha256"]))
+        except ChorusError:
+            self.store.personas.set_adapter(persona_id, previous)
+            raise
+        return row
+
+    def detach_adapter(self, persona_id: str) -> None:
+        self.store.personas.set_adapter(persona_id, None)
+        self.engine.forget(persona_id)
+
+    def delete_persona(self, persona_id: str) -> dict:
+        row = self.store.delete_persona(persona_id)
+        self.engine.forget(persona_id)
+        return row
+
+    # conversations ----------------------------------------------------------
+
+    def start_conversation(self, persona_id: str | None = None, title: str = "") -> dict:
+        """A new conversation; with a persona, its greeting is the first message."""
+        conv = self.store.conversations.create(title)
+        if persona_id:
+            persona = self.store.personas.get(persona_id)
+            greeting = (persona.get("greeting") or "").strip()
+            if greeting:
+                self.store.conversations.add_message(
+                    conv["id"],
+                    "assistant",
+                    fill_placeholders(greeting, persona["name"]),
+                    parent_id=None,
+                    persona_id=persona["id"],
+                    persona_name=persona["name"],
+                    meta={"greeting": True},
+                )
+        return self.store.conversations.get(conv["id"])
+
+    def send(
+        self,
+        conversation_id: str,
+        persona_id: str,
+        text: str,
+        settings: GenerationSettings | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[ReplyEvent]:
+        """Add the user's message to the shown branch and stream the persona's reply."""
+        text = text.strip()
+        if not text:
+            raise ChorusError("The message is empty; type something first.")
+        path = self.store.conversations.path(conversation_id)
+        parent = path[-1]["id"] if path else None
+        self.store.conversations.add_message(conversation_id, "user", text, parent_id=parent)
+        return self._reply(conversation_id, persona_id, settings or GenerationSettings(), stop)
+
+    def regenerate(
+        self,
+        conversation_id: str,
+        persona_id: str,
+        settings: GenerationSettings | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[ReplyEvent]:
+        """A new reply to the last user message, kept beside the old one as a sibling."""
+        path = self.store.conversations.path(conversation_id)
+        if not path:
+            raise ChorusError("There is nothing to regenerate yet.")
+        if path[-1]["role"] == "assistant":
+            if path[-1]["meta"].get("greeting"):
+                raise ChorusError("The greeting cannot be regenerated; send a message first.")
+            parent = path[-1]["parent_id"]
+            if parent is None:
+                raise ChorusError("There is nothing to regenerate yet.")
+            self.store.conversations.select(parent)
+        return self._reply(conversation_id, persona_id, settings or GenerationSettings(), stop)
+
+    def _reply(self, conversation_id, persona_id, settings, stop) -> Iterator[ReplyEvent]:
+        persona = self.store.personas.get(persona_id)
+        path = self.store.conversations.path(conversation_id)
+        parent = path[-1]["id"] if path else None
+        prompt = build_prompt(self.engine.tokenizer, persona, path, self.engine.prompt_budget(settings.max_new_tokens))
+        stop = stop or threading.Event()
+        adapter = self.adapter_ref(persona)
+        warning = None
+        if adapter is not None:
+            try:
+                self.engine.ensure_adapter(adapter)
+            except (AdapterCorrupt, AdapterIncompatible) as exc:
+                warning = f"{persona['name']}'s adapter could not be used, so this reply comes from the card alone: {exc}"
+                adapter = None
+        return self._stream(conversation_id, persona, parent, prompt, adapter, settings, stop, warning)
+
+    def _stream(self, conversation_id, persona, parent, prompt, adapter, settings, stop, warning):
+        if warning:
+            yield ReplyEvent("warning", warning)
+        if prompt.dropped_turns:
+            yield ReplyEvent("info", info={"dropped_turns": prompt.dropped_turns})
+        pieces: list[str] = []
+        try:
+            for piece in self.engine.stream(prompt.input_ids, adapter, settings, stop):
+                pieces.append(piece)
+                yield ReplyEvent("delta", piece)
+        finally:
+            # Saved even when the consumer stops early: what was written is kept.
+            text = "".join(pieces).strip()
+            meta = {
+                "settings": settings.as_dict(),
+                "stopped": stop.is_set() and bool(self.engine.last_generation.get("stopped")),
+                "adapter_sha256": adapter.sha256 if adapter else None,
+                "dropped_turns": prompt.dropped_turns,
+            }
+            if warning:
+                meta["warning"] = warning
+            message = self.store.conversations.add_message(
+                conversation_id,
+                "assistant",
+                text,
+                parent_id=parent,
+                persona_id=persona["id"],
+                persona_name=persona["name"],
+                meta=meta,
+            )
+        yield ReplyEvent("done", text, message=message)

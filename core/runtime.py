@@ -1,0 +1,117 @@
+"""The running app's services: the store at once, the model in the background.
+
+The web page is usable while the model loads; anything that needs the model asks the
+runtime, which either hands out the chat service or says plainly that it is loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.chat import ChatService
+from core.engine import Engine
+from core.errors import ChorusError
+from core.model_source import resolve_model
+from core.starter import seed_starters
+from storage.store import Store
+
+
+class ModelLoading(ChorusError):
+    """The model is still loading."""
+
+
+@dataclass
+class RuntimeOptions:
+    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    max_resident_adapters: int = 8
+    quantize: bool = True  # NF4; False loads bf16 (for comparisons)
+    context_limit: int | None = None
+
+
+def quiet_libraries() -> None:
+    """Hide warnings that are noise for a user (bitsandbytes' optional 'kernels' package)."""
+    for name in ("bitsandbytes", "transformers.modeling_utils", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+class Runtime:
+    def __init__(self, options: RuntimeOptions, home: Path | None = None):
+        self.options = options
+        self.store = Store(home)
+        seed_starters(self.store)
+        self._chat: ChatService | None = None
+        self._error: ChorusError | None = None
+        self._ready = threading.Event()
+        self.progress: list[str] = []
+        self.started = time.time()
+
+    def _note(self, message: str) -> None:
+        self.progress.append(message)
+        print(message, flush=True)
+
+    def load(self) -> ChatService:
+        """Load the model in this thread (command line) and return the chat service."""
+        quiet_libraries()
+        try:
+            self._note("Preparing the model...")
+            source = resolve_model(self.options.model, self.store.home, self._note)
+            self._note(f"Loading {source.name} ({'NF4 4-bit' if self.options.quantize else 'bf16'})...")
+            engine = Engine.load(
+                source,
+                max_resident=self.options.max_resident_adapters,
+                quantize=self.options.quantize,
+                context_limit=self.options.context_limit,
+            )
+            self._chat = ChatService(self.store, engine)
+            self._note(f"Model ready: {engine.info.name}, {engine.info.quantization}, {engine.info.footprint_mb} MB.")
+        except ChorusError as exc:
+            self._error = exc
+            raise
+        except Exception as exc:  # a failed load must reach the page as a message
+            self._error = ChorusError(f"The model could not be loaded: {type(exc).__name__}: {exc}")
+            raise self._error from exc
+        finally:
+            self._ready.set()
+        return self._chat
+
+    def load_in_background(self) -> threading.Thread:
+        def run():
+            try:
+                self.load()
+            except ChorusError:
+                pass  # kept in self._error and shown on the page
+
+        thread = threading.Thread(target=run, name="chorus-model-load", daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def ready(self) -> bool:
+        return self._chat is not None
+
+    @property
+    def error(self) -> ChorusError | None:
+        return self._error
+
+    def wait(self, timeout: float | None = None) -> ChatService:
+        self._ready.wait(timeout)
+        return self.chat
+
+    @property
+    def chat(self) -> ChatService:
+        if self._chat is not None:
+            return self._chat
+        if self._error is not None:
+            raise self._error
+        last = self.progress[-1] if self.progress else "starting"
+        raise ModelLoading(f"The model is still loading ({last}). Your message was not sent; try again in a moment.")

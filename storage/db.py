@@ -1,0 +1,66 @@
+"""Opening `chorus.db`: WAL mode, foreign keys, a busy timeout, and migrations before use.
+
+Every thread gets its own connection (sqlite3 connections are not shared across threads);
+WAL lets readers and the one writer work at the same time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from storage.errors import StorageError
+from storage.migrations import migrations
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def connect(path: Path) -> Database:
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+    db = Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+class DatabaseHandle:
+    """Thread-local connections to one database file, migrated on first open."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        # Deferred SQLite transactions that read then write can fail with SQLITE_BUSY at
+        # once instead of waiting; one writer at a time per process avoids that.
+        self._write_lock = threading.RLock()
+        try:
+            db = self.db
+            migrations.apply(db)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"The database {self.path} cannot be opened ({exc}). Is the disk full or the file damaged?") from None
+
+    @property
+    def db(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = connect(self.path)
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def transaction(self):
+        """One atomic write: everything inside commits together or not at all."""
+        try:
+            with self._write_lock, self.db.atomic():
+                yield self.db
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc).lower() or "disk" in str(exc).lower():
+                raise StorageError(f"Could not save: {exc}. Free some disk space and retry; nothing was changed.") from None
+            raise

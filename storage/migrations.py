@@ -1,0 +1,84 @@
+"""The database schema, as named migrations applied in order and recorded by name.
+
+A migration is never edited once shipped: change the schema by adding a new one below.
+"""
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("chorus")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE personas (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            tagline TEXT NOT NULL DEFAULT '',
+            description TEXT NOT NULL DEFAULT '',
+            personality TEXT NOT NULL DEFAULT '',
+            scenario TEXT NOT NULL DEFAULT '',
+            greeting TEXT NOT NULL DEFAULT '',
+            alternate_greetings TEXT NOT NULL DEFAULT '[]',
+            example_dialogue TEXT NOT NULL DEFAULT '',
+            system_prompt TEXT NOT NULL DEFAULT '',
+            avatar TEXT,
+            extras TEXT NOT NULL DEFAULT '{}',
+            source TEXT NOT NULL DEFAULT 'user',
+            adapter_id INTEGER,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE adapters (
+            id INTEGER PRIMARY KEY,
+            persona_id TEXT NOT NULL REFERENCES personas(id) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            folder TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            base_model TEXT NOT NULL DEFAULT '',
+            base_fingerprint TEXT NOT NULL DEFAULT '',
+            rank INTEGER NOT NULL,
+            alpha REAL NOT NULL,
+            target_modules TEXT NOT NULL DEFAULT '[]',
+            size_bytes INTEGER NOT NULL,
+            created TEXT NOT NULL,
+            UNIQUE (persona_id, version)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            title TEXT NOT NULL DEFAULT '',
+            leaf_id INTEGER,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            parent_id INTEGER REFERENCES messages(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL,
+            persona_id TEXT,
+            persona_name TEXT,
+            meta TEXT NOT NULL DEFAULT '{}',
+            created TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("CREATE INDEX idx_messages_conversation ON messages(conversation_id)")
+    db.execute("CREATE INDEX idx_messages_parent ON messages(parent_id)")
+    db.execute("CREATE INDEX idx_adapters_persona ON adapters(persona_id)")
