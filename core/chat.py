@@ -116,15 +116,15 @@ class ChatService:
         if path[-1]["role"] == "assistant":
             if path[-1]["meta"].get("greeting"):
                 raise ChorusError("The greeting cannot be regenerated; send a message first.")
-            parent = path[-1]["parent_id"]
-            if parent is None:
+            if path[-1]["parent_id"] is None:
                 raise ChorusError("There is nothing to regenerate yet.")
-            self.store.conversations.select(parent)
-        return self._reply(conversation_id, persona_id, settings or GenerationSettings(), stop)
+            path = path[:-1]  # the new reply answers the same message, beside the old one
+        return self._reply(conversation_id, persona_id, settings or GenerationSettings(), stop, path)
 
-    def _reply(self, conversation_id, persona_id, settings, stop) -> Iterator[ReplyEvent]:
+    def _reply(self, conversation_id, persona_id, settings, stop, path=None) -> Iterator[ReplyEvent]:
         persona = self.store.personas.get(persona_id)
-        path = self.store.conversations.path(conversation_id)
+        if path is None:
+            path = self.store.conversations.path(conversation_id)
         parent = path[-1]["id"] if path else None
         prompt = build_prompt(self.engine.tokenizer, persona, path, self.engine.prompt_budget(settings.max_new_tokens))
         stop = stop or threading.Event()

@@ -9,16 +9,18 @@ latest user turn always stay.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEFAULT_USER_NAME = "User"
 
 
+_PLACEHOLDER = re.compile(r"\{\{\s*(char|user)\s*\}\}|<(BOT|USER)>", re.IGNORECASE)
+
+
 def fill_placeholders(text: str, char: str, user: str = DEFAULT_USER_NAME) -> str:
-    for key, value in (("{{char}}", char), ("{{user}}", user), ("<BOT>", char), ("<USER>", user)):
-        text = text.replace(key, value)
-        text = text.replace(key.lower(), value).replace(key.upper(), value)
-    return text
+    """Replace SillyTavern's {{char}}/{{user}} (any case) and the older <BOT>/<USER>."""
+    return _PLACEHOLDER.sub(lambda m: char if (m.group(1) or m.group(2)).lower() in ("char", "bot") else user, text)
 
 
 def system_prompt(persona: dict, user_name: str = DEFAULT_USER_NAME) -> str:

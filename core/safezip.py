@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -52,7 +53,13 @@ def open_zip(
         zf.close()
         raise UnsafeArchive(f"The {what} holds {len(infos):,} entries, more than the {max_entries:,} allowed.")
     total = 0
+    seen: set[str] = set()
     for info in infos:
+        key = info.filename.replace("\\", "/")
+        if key in seen:
+            zf.close()
+            raise UnsafeArchive(f"The {what} holds the entry {info.filename!r} twice; readers may disagree on it, so it was not opened.")
+        seen.add(key)
         if _unsafe_name(info.filename):
             zf.close()
             raise UnsafeArchive(
@@ -79,17 +86,24 @@ def open_zip(
 
 def read_member(zf: zipfile.ZipFile, name: str | zipfile.ZipInfo, max_bytes: int) -> bytes:
     """Read one entry, refusing to go past `max_bytes` whatever the zip declares."""
+    label = name if isinstance(name, str) else name.filename
     out = bytearray()
-    with zf.open(name) as fh:
-        while True:
-            chunk = fh.read(_CHUNK)
-            if not chunk:
-                break
-            out += chunk
-            if len(out) > max_bytes:
-                label = name if isinstance(name, str) else name.filename
-                raise UnsafeArchive(f"The entry {label!r} is larger than {max_bytes / 1024**2:,.0f} MB; it was not read.")
+    try:
+        with zf.open(name) as fh:
+            while True:
+                chunk = fh.read(_CHUNK)
+                if not chunk:
+                    break
+                out += chunk
+                if len(out) > max_bytes:
+                    raise UnsafeArchive(f"The entry {label!r} is larger than {_size(max_bytes)}; it was not read.")
+    except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, OSError) as exc:
+        raise UnsafeArchive(f"The entry {label!r} cannot be read (damaged, encrypted or unsupported: {exc}).") from None
     return bytes(out)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**2:,.0f} MB" if n >= 1024**2 else f"{n / 1024:,.0f} KB"
 
 
 def extract_all(zf: zipfile.ZipFile, dest: Path, max_total_bytes: int = MAX_TOTAL_BYTES) -> list[Path]:
