@@ -202,3 +202,28 @@ def test_replacing_an_adapter_while_it_answers_is_safe(tiny_engine, tiny_adapter
     assert "".join(pieces) == solo_old
     assert tiny_engine.resident() == ["p"]
     assert tiny_engine.generate(PROMPT, new, greedy(n=30)) == solo_new
+
+
+def test_fast_switching_gives_the_same_tokens_as_stock_peft(tiny_engine, tiny_model_dir, tiny_adapters):
+    from peft import PeftModel
+
+    from core.loader import load_base
+    from core.model_source import ModelSource
+
+    ours = {n: tiny_engine.generate(PROMPT, ref(n, tiny_adapters[n]) if n else None, greedy(n=20)) for n in ("a", "b", None, "a")}
+    model, tok, _ = load_base(ModelSource("tiny-llama", tiny_model_dir))
+    stock = PeftModel.from_pretrained(model, str(tiny_adapters["a"]), adapter_name="a")
+    stock.load_adapter(str(tiny_adapters["b"]), adapter_name="b")
+    ids = torch.tensor([PROMPT])
+
+    def run():
+        out = stock.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False, repetition_penalty=1.1, pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, len(PROMPT):], skip_special_tokens=True)
+
+    theirs = {}
+    for name in ("a", "b"):
+        stock.set_adapter(name)
+        theirs[name] = run()
+    with stock.disable_adapter():
+        theirs[None] = run()
+    assert ours == theirs
