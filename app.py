@@ -13,16 +13,23 @@ import os
 import sys
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    """Options every command takes. Subcommands repeat them with SUPPRESS defaults so that
+    `app.py --model X chat ...` and `app.py chat ... --model X` both work."""
+    default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=None, help="Hugging Face model id or local folder (default: the embedded SmolLM2-135M-Instruct)")
-    common.add_argument("--data-dir", default=None, help="where Chorus keeps its data (default: $CHORUS_HOME or a per-user data folder)")
-    common.add_argument("--max-resident-adapters", type=int, default=8, help="how many persona adapters stay loaded at once (default 8)")
+    common.add_argument("--model", default=default(None), help="Hugging Face model id or local folder (default: the embedded SmolLM2-135M-Instruct)")
+    common.add_argument("--data-dir", default=default(None), help="where Chorus keeps its data (default: $CHORUS_HOME or a per-user data folder)")
+    common.add_argument("--max-resident-adapters", type=int, default=default(8), help="how many persona adapters stay loaded at once (default 8)")
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common(suppress=True)
     parser = argparse.ArgumentParser(
         prog="app.py",
         description="Chorus: chat with personas that share one local language model.",
-        parents=[common],
+        parents=[_common(suppress=False)],
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port for the web UI (default 7860)")
@@ -40,9 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.7)
 
-    p = sub.add_parser("inspect", help="read a chat export and say what is in it")
+    p = sub.add_parser("inspect", parents=[common], help="read a chat export and say what is in it")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("import", parents=[common], help="import a character card (.png, .json) or a persona bundle (.charx)")
+    p.add_argument("file", help="the card or bundle to import")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("export", parents=[common], help="export a persona as a bundle (.charx), a PNG card or a V2 JSON card")
+    p.add_argument("persona", help="persona id or name")
+    p.add_argument("--out", required=True, help="file to write; the extension picks the format: .charx/.zip (with the adapter), .png, .json")
+
+    p = sub.add_parser("export-conversation", parents=[common], help="export a conversation as Markdown (.md) or OpenAI chat JSONL (.jsonl)")
+    p.add_argument("conversation", help="conversation id")
+    p.add_argument("--out", required=True, help="file to write: .md or .jsonl")
     return parser
 
 
@@ -98,6 +117,24 @@ def cmd_inspect(args) -> int:
     return inspect_command(args.file, args.json)
 
 
+def cmd_import(args) -> int:
+    from core.cards.cli import import_command
+
+    return import_command(args.file, args.json, args.model)
+
+
+def cmd_export(args) -> int:
+    from core.cards.cli import export_command
+
+    return export_command(args.persona, args.out)
+
+
+def cmd_export_conversation(args) -> int:
+    from core.cards.cli import export_conversation_command
+
+    return export_conversation_command(args.conversation, args.out)
+
+
 def cmd_serve(args) -> int:
     from ui.server import serve
 
@@ -110,7 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CHORUS_HOME"] = os.path.abspath(os.path.expanduser(args.data_dir))
     from core.errors import ChorusError
 
-    handlers = {"personas": cmd_personas, "chat": cmd_chat, "inspect": cmd_inspect, None: cmd_serve}
+    handlers = {
+        "personas": cmd_personas,
+        "chat": cmd_chat,
+        "inspect": cmd_inspect,
+        "import": cmd_import,
+        "export": cmd_export,
+        "export-conversation": cmd_export_conversation,
+        None: cmd_serve,
+    }
     try:
         return handlers[args.command](args)
     except ChorusError as exc:

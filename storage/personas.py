@@ -31,7 +31,7 @@ CARD_FIELDS = (
 )
 _JSON_FIELDS = {"alternate_greetings": list, "extras": dict}
 MAX_NAME = 80
-MAX_FIELD = 64 * 1024
+MAX_FIELD = 256 * 1024  # the same limit the card reader applies
 AVATAR_TYPES = {b"\x89PNG": ".png", b"\xff\xd8\xff": ".jpg", b"GIF8": ".gif", b"RIFF": ".webp"}
 MAX_AVATAR = 8 * 1024 * 1024
 

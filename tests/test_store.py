@@ -25,6 +25,11 @@ EXPECTED_COLUMNS = {
         "id", "conversation_id", "parent_id", "role", "content", "persona_id", "persona_name", "meta", "created",
     ],
     "settings": ["key", "value"],
+    "training_runs": [
+        "id", "persona_id", "export_name", "speaker", "config", "status", "step", "total_steps", "error",
+        "adapter_id", "evaluation", "pid", "created", "updated",
+    ],
+    "training_progress": ["id", "run_id", "step", "loss", "eval_loss", "learning_rate", "tokens_per_s", "elapsed_s", "created"],
 }
 
 
@@ -35,14 +40,14 @@ def test_empty_database_migrates_to_exact_columns(chorus_home):
     assert tables == set(EXPECTED_COLUMNS)
     for table, columns in EXPECTED_COLUMNS.items():
         assert [c.name for c in db[table].columns] == columns, table
-    assert [m["name"] for m in db["_sqlite_migrations"].rows] == ["m001_initial"]
+    assert [m["name"] for m in db["_sqlite_migrations"].rows] == ["m001_initial", "m002_training"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_reopening_does_not_migrate_twice(chorus_home):
     Store()
     store = Store()
-    assert store.handle.db["_sqlite_migrations"].count == 1
+    assert store.handle.db["_sqlite_migrations"].count == 2
 
 
 def test_persona_ids_are_stable_slugs(chorus_home):
@@ -60,7 +65,7 @@ def test_persona_validation_messages(chorus_home):
     with pytest.raises(PersonaInvalid, match="needs a name"):
         store.personas.create({"name": "   "})
     with pytest.raises(PersonaInvalid, match="limit"):
-        store.personas.create({"name": "X", "description": "y" * 100_000})
+        store.personas.create({"name": "X", "description": "y" * 300_000})
     with pytest.raises(PersonaInvalid, match="PNG, JPEG"):
         p = store.personas.create({"name": "X"})
         store.personas.set_avatar(p["id"], b"not an image")

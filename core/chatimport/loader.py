@@ -1,0 +1,112 @@
+"""`load_export`: from a path to an `ImportResult`, whatever the format.
+
+The parser chosen by `detect` runs once as a stream to count everything. Small exports
+keep their messages in lists; exports above `LAZY_BYTES` keep only the counts, and their
+conversations re-read the file when iterated, so memory stays bounded however big the
+file is. Low-level failures (bad bytes, broken zips, I/O errors) become the domain
+errors with a sentence for the user.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+from core.errors import ChorusError, ExportInvalid, UnsafeArchive
+
+from .detect import FORMATS, detect
+from .model import (
+    Conversation,
+    ImportResult,
+    LazyMessages,
+    Message,
+    Note,
+    count_into,
+    sorted_counts,
+)
+from .sources import Progress, ProgressTracker, list_sources
+
+LAZY_BYTES = 16 * 1024**2  # above this, messages are re-read from the file instead of kept (~250 B each)
+
+
+def _guarded(items: Iterator, label: str) -> Iterator:
+    """Turn the errors a malformed file can raise deep in a parser into one clear message."""
+    try:
+        yield from items
+    except ChorusError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise ExportInvalid(
+            f"{label!r} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded). "
+            "Export the chat again, or re-save the file as UTF-8."
+        ) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise UnsafeArchive(f"The zip {label!r} is damaged or truncated ({exc}); download it again.") from None
+    except RecursionError:
+        raise ExportInvalid(f"{label!r} is nested too deeply to be a chat export.") from None
+    except OSError as exc:
+        raise ExportInvalid(f"{label!r} could not be read ({exc.strerror or exc}).") from None
+
+
+def _numbered(items: Iterator) -> Iterator[tuple[int, Message]]:
+    idx = -1
+    for item in items:
+        if isinstance(item, Conversation):
+            idx += 1
+        elif isinstance(item, Message):
+            yield max(idx, 0), item
+
+
+def load_export(path: str | os.PathLike, progress: Progress | None = None) -> ImportResult:
+    """Read a chat export (file, zip or folder) into conversations of messages.
+
+    `progress(done_bytes, total_bytes)` is called as the file is read. Raises
+    `ExportFormatUnknown`, `ExportInvalid` or `UnsafeArchive` with a message for the user.
+    """
+    label = Path(path).name or str(path)
+    sources = list_sources(path)
+    fmt, chosen = detect(sources, label)
+    parser = FORMATS[fmt][1]
+    total = sum(s.size for s in chosen)
+    lazy = total > LAZY_BYTES
+    tracker = ProgressTracker(progress, total)
+    result = ImportResult(format=fmt, source=str(path))
+    conv: Conversation | None = None
+    counts: list[int] = []
+    for item in _guarded(parser(chosen, tracker), label):
+        if isinstance(item, Note):
+            result.notes.append(item.text)
+            continue
+        if isinstance(item, Conversation):
+            conv = item
+            result.conversations.append(conv)
+            counts.append(0)
+            continue
+        if conv is None:  # a parser that never named its conversation
+            conv = Conversation(title=label)
+            result.conversations.append(conv)
+            counts.append(0)
+        count_into(result, conv, item)
+        counts[-1] += 1
+        if not lazy:
+            conv.messages.append(item)
+    tracker.finish()
+
+    if result.message_count == 0:
+        raise ExportInvalid(f"{label!r} is a {FORMATS[fmt][0]} but holds no messages.")
+    if not result.speakers:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted_counts(result.skipped).items())
+        raise ExportInvalid(f"{label!r} holds no messages written by anyone, only {kinds}.")
+    result.speakers = sorted_counts(result.speakers)
+    result.skipped = sorted_counts(result.skipped)
+    for c in result.conversations:
+        c.speakers = sorted_counts(c.speakers)
+    if lazy:
+        reparse: Callable[[], Iterator[tuple[int, Message]]] = lambda: _numbered(_guarded(parser(chosen, None), label))
+        result._reparse = reparse
+        for i, c in enumerate(result.conversations):
+            c.messages = LazyMessages(reparse, i, counts[i])
+    return result

@@ -1,0 +1,159 @@
+"""The one conversation model every chat-export importer produces.
+
+A `Message` is one exported message; its `kind` says whether it is the speaker's own
+words ("text") or something to keep apart from them (a media placeholder, a system
+line, a deleted or view-once message, a poll, a reaction). An `ImportResult` holds the
+conversations of one export and the counts that `inspect` reports.
+
+Large exports are not held in memory: their conversations re-read the file when
+iterated (see `LazyMessages`), so only the counts live in the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterator
+
+# Kinds of message. Only TEXT is the speaker's voice; the rest are counted and skipped.
+TEXT = "text"
+MEDIA = "media"  # a photo/video/file/sticker placeholder with no words of the speaker
+SYSTEM = "system"  # "X joined", encryption notices, calls, renames
+DELETED = "deleted"
+VIEW_ONCE = "view_once"
+POLL = "poll"
+REACTION = "reaction"  # a reaction sent as its own message ("Reacted 😂 to your message")
+KINDS = (TEXT, MEDIA, SYSTEM, DELETED, VIEW_ONCE, POLL, REACTION)
+
+UNKNOWN_SPEAKER = "(unknown)"
+
+
+@dataclass(slots=True)
+class Message:
+    """One exported message."""
+
+    speaker: str | None  # None for system lines that have no author
+    time: datetime | None  # naive local time as the export shows it, aware when the export is UTC
+    text: str  # the speaker's words only; empty for placeholders
+    kind: str = TEXT
+    media: str | None = None  # what was attached (file name or type), kept apart from `text`
+    forwarded: bool = False  # forwarded from someone else: not the speaker's voice
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something a parser decided that the user should hear about (a guessed date order...)."""
+
+    text: str
+
+
+@dataclass
+class Conversation:
+    """One chat: a title and its messages in time order."""
+
+    title: str
+    messages: list[Message] | "LazyMessages" = field(default_factory=list)
+    kind: str = ""  # the exporter's own label (personal_chat, GuildTextChat...), if any
+    speakers: dict[str, int] = field(default_factory=dict)  # name -> text messages
+
+    @property
+    def is_group(self) -> bool:
+        """More than two people wrote text here (their names then prefix their turns)."""
+        return len(self.speakers) > 2
+
+
+class LazyMessages:
+    """The messages of one conversation of a large export, read again from the file on demand.
+
+    Iterating re-runs the parser, so memory stays bounded whatever the file size.
+    Indexing materialises the whole conversation: avoid it on huge exports.
+    """
+
+    def __init__(self, reparse: Callable[[], Iterator[tuple[int, Message]]], index: int, count: int):
+        self._reparse = reparse
+        self._index = index
+        self._count = count
+
+    def __iter__(self) -> Iterator[Message]:
+        for idx, msg in self._reparse():
+            if idx == self._index:
+                yield msg
+            elif idx > self._index:
+                return
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, item):
+        return list(self)[item]
+
+
+def sort_key(t: datetime | None) -> datetime:
+    """Compare naive and aware times without a TypeError (aware ones as UTC)."""
+    if t is None:
+        return datetime.min
+    if t.tzinfo is not None:
+        return t.astimezone(timezone.utc).replace(tzinfo=None)
+    return t
+
+
+@dataclass
+class ImportResult:
+    """What one export holds, and the counts `inspect` shows."""
+
+    format: str  # e.g. "whatsapp", "telegram", "discord-json" (see detect.FORMATS)
+    source: str
+    conversations: list[Conversation] = field(default_factory=list)
+    speakers: dict[str, int] = field(default_factory=dict)  # name -> text messages, most first
+    message_count: int = 0  # every message of every kind
+    skipped: dict[str, int] = field(default_factory=dict)  # kind -> count, for kinds other than text
+    first: datetime | None = None
+    last: datetime | None = None
+    notes: list[str] = field(default_factory=list)  # decisions the user should know about
+    _reparse: Callable[[], Iterator[tuple[int, Message]]] | None = field(default=None, repr=False)
+
+    def iter_messages(self) -> Iterator[tuple[int, Message]]:
+        """(conversation index, message) over the whole export in one pass."""
+        if self._reparse is not None:
+            yield from self._reparse()
+            return
+        for idx, conv in enumerate(self.conversations):
+            for msg in conv.messages:
+                yield idx, msg
+
+    def summary(self) -> dict:
+        """The JSON object `inspect --json` prints."""
+        return {
+            "format": self.format,
+            "source": self.source,
+            "conversations": len(self.conversations),
+            "messages": self.message_count,
+            "text_messages": sum(self.speakers.values()),
+            "speakers": dict(self.speakers),
+            "first": self.first.isoformat() if self.first else None,
+            "last": self.last.isoformat() if self.last else None,
+            "skipped": dict(self.skipped),
+            "notes": list(self.notes),
+        }
+
+
+def count_into(result: ImportResult, conv: Conversation, msg: Message) -> None:
+    """Add one message to the running counts of its conversation and of the result."""
+    result.message_count += 1
+    if msg.kind == TEXT:
+        name = msg.speaker or UNKNOWN_SPEAKER
+        conv.speakers[name] = conv.speakers.get(name, 0) + 1
+        result.speakers[name] = result.speakers.get(name, 0) + 1
+    else:
+        result.skipped[msg.kind] = result.skipped.get(msg.kind, 0) + 1
+    if msg.time is not None:
+        key = sort_key(msg.time)
+        if result.first is None or key < sort_key(result.first):
+            result.first = msg.time
+        if result.last is None or key > sort_key(result.last):
+            result.last = msg.time
+
+
+def sorted_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Most first, then by name, so reports are stable."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
