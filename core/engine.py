@@ -68,6 +68,7 @@ class _Resident:
     persona_id: str
     sha256: str
     spec: AdapterSpec
+    file_stat: tuple[int, int]  # (size, mtime_ns) of the weights when they were read
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -122,14 +123,28 @@ class Engine:
         with self._lock:
             return [r.persona_id for r in self._resident.values()]
 
+    def _resident_for(self, ref: AdapterRef) -> str | None:
+        """The resident adapter serving `ref`, if its files are the ones already loaded."""
+        name = self._by_persona.get(ref.persona_id)
+        res = self._resident.get(name) if name else None
+        if res is None or Path(ref.folder) != res.spec.folder:
+            return None
+        if ref.sha256:
+            return name if ref.sha256 == res.sha256 else None
+        # No checksum given: trust the file only while its size and mtime are unchanged.
+        try:
+            st = (Path(ref.folder) / "adapter_model.safetensors").stat()
+        except OSError:
+            return None
+        return name if (st.st_size, st.st_mtime_ns) == res.file_stat else None
+
     def ensure_adapter(self, ref: AdapterRef) -> str:
         """Make `ref` resident (checking it first) and return its peft adapter name."""
         with self._lock:
-            if ref.sha256:
-                name = _adapter_name(ref.persona_id, ref.sha256)
-                if name in self._resident:
-                    self._resident.move_to_end(name)
-                    return name
+            name = self._resident_for(ref)
+            if name is not None:
+                self._resident.move_to_end(name)
+                return name
         spec = inspect_adapter(ref.folder, ref.sha256)
         tensors = check_compatible(spec, self._shapes, self.info)
         name = _adapter_name(ref.persona_id, spec.sha256)
@@ -139,7 +154,8 @@ class Engine:
                 return name
             self._inject(name, spec, tensors)
             old = self._by_persona.get(ref.persona_id)
-            self._resident[name] = _Resident(name, ref.persona_id, spec.sha256, spec)
+            st = (spec.folder / "adapter_model.safetensors").stat()
+            self._resident[name] = _Resident(name, ref.persona_id, spec.sha256, spec, (st.st_size, st.st_mtime_ns))
             self._by_persona[ref.persona_id] = name
             if old and old != name:
                 self._delete(old)  # a replaced version: nobody can be using it, we hold the lock
