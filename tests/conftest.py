@@ -101,3 +101,14 @@ def tiny_engine_factory(tiny_model_dir):
 @pytest.fixture
 def tiny_engine(tiny_engine_factory):
     return tiny_engine_factory()
+
+
+# CI runs property tests derandomized so that a run is repeatable; locally they explore.
+try:
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+    _hyp_settings.register_profile("dev", deadline=None)
+    _hyp_settings.load_profile("ci" if os.environ.get("CI") else "dev")
+except ImportError:
+    pass

@@ -30,7 +30,8 @@ _SENTENCE = re.compile(r"^(.+?[.!?…])(?:\s|$)")
 
 
 def _plain(text: str, name: str) -> str:
-    text = re.sub(r"\{\{char\}\}|<bot>|<char>", name, text, flags=re.I)
+    # A function, not a template: names may hold backslashes ("\\1" must stay literal).
+    text = re.sub(r"\{\{char\}\}|<bot>|<char>", lambda _: name, text, flags=re.I)
     text = re.sub(r"\{\{user\}\}|<user>", "you", text, flags=re.I)
     text = _MD_IMAGE.sub(" ", _HTML_TAG.sub(" ", text))
     text = _URL.sub(" ", _MD_LINK.sub(r"\1", text))

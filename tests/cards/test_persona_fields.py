@@ -101,3 +101,12 @@ def test_round_trips_property(card):
     assert persona_fields_to_card(card_to_persona_fields(card)) == card
     assert read_card(card_to_v2_json(card)).card == card
     assert read_card(card_to_v3_json(card)).card == card
+
+
+def test_names_with_regex_escapes_stay_literal():
+    from core.cards import Card
+
+    for name in ("\\1", "\\", "a\\gb"):
+        card = Card(name=name, description="{{char}} is here.")
+        assert card_to_persona_fields(card)["tagline"].startswith(name)
+        assert persona_fields_to_card(card_to_persona_fields(card)) == card
