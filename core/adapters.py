@@ -68,7 +68,22 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def inspect_adapter(folder: Path, expected_sha256: str | None = None) -> AdapterSpec:
+def _sha256(path: Path, cache: dict | None) -> str:
+    """sha256 of a file, remembered per (size, mtime, inode) so that reloading an evicted
+    adapter does not hash 20 MB again; a rewritten file changes the key."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if cache is not None and key in cache:
+        return cache[key]
+    digest = sha256_file(path)
+    if cache is not None:
+        if len(cache) > 256:
+            cache.clear()
+        cache[key] = digest
+    return digest
+
+
+def inspect_adapter(folder: Path, expected_sha256: str | None = None, sha_cache: dict | None = None) -> AdapterSpec:
     """Read an adapter folder's config and metadata; check the file format and checksum."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -107,7 +122,7 @@ def inspect_adapter(folder: Path, expected_sha256: str | None = None) -> Adapter
         raise AdapterIncompatible(f"The adapter's rank {rank} is out of range (1..{MAX_RANK}).")
     targets = config["target_modules"]
     targets = [targets] if isinstance(targets, str) else list(targets or [])
-    sha = sha256_file(weights)
+    sha = _sha256(weights, sha_cache)
     if expected_sha256 and sha != expected_sha256:
         raise AdapterCorrupt(
             f"The adapter file {weights} does not match its recorded checksum: it was changed or damaged on disk. "

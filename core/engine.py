@@ -12,7 +12,6 @@ seed makes it reproducible and keeps voices from mixing.
 from __future__ import annotations
 
 import random
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -20,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from core.adapters import AdapterSpec, check_compatible, inspect_adapter, module_shapes, parse_key
-from core.errors import AdapterIncompatible, ChorusError
+from core.adapter_pool import AdapterPool
+from core.adapters import AdapterSpec, check_compatible, inspect_adapter, module_shapes
+from core.errors import ChorusError
 from core.loader import ModelInfo, load_base
 from core.model_source import ModelSource
 
@@ -72,11 +72,6 @@ class _Resident:
     loaded_at: float = field(default_factory=time.time)
 
 
-def _adapter_name(persona_id: str, sha: str) -> str:
-    # peft keeps adapters in ModuleDicts, whose keys cannot contain dots.
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', persona_id)}__{sha[:12]}"
-
-
 class _StopOnEvent:
     def __init__(self, event: threading.Event):
         self.event = event
@@ -96,13 +91,12 @@ class Engine:
         self.info = info
         self.max_resident = max_resident
         self.context_limit = min(info.context_length, context_limit or DEFAULT_CONTEXT_LIMIT)
-        self.peft = None  # the PeftModel wrapper, created with the first adapter
+        self.pool = AdapterPool(model, capacity=max_resident)
+        self._sha_cache: dict = {}
         self._shapes = module_shapes(model)
         self._lock = threading.RLock()
         self._resident: OrderedDict[str, _Resident] = OrderedDict()
         self._by_persona: dict[str, str] = {}
-        self._active: str | None = None  # the adapter LoRA layers run, None for the bare base
-        self._layers: list | None = None
         self.last_switch: dict = {}
         self.last_generation: dict = {}
 
@@ -139,132 +133,63 @@ class Engine:
         return name if (st.st_size, st.st_mtime_ns) == res.file_stat else None
 
     def ensure_adapter(self, ref: AdapterRef) -> str:
-        """Make `ref` resident (checking it first) and return its peft adapter name."""
+        """Make `ref` resident (checking it first) and return the slot that serves it."""
         with self._lock:
             name = self._resident_for(ref)
             if name is not None:
                 self._resident.move_to_end(name)
                 return name
-        spec = inspect_adapter(ref.folder, ref.sha256)
+        spec = inspect_adapter(ref.folder, ref.sha256, sha_cache=self._sha_cache)
         tensors = check_compatible(spec, self._shapes, self.info)
-        name = _adapter_name(ref.persona_id, spec.sha256)
         with self._lock:
-            if name in self._resident:
+            name = self._resident_for(ref)  # another request may have loaded it meanwhile
+            if name is not None:
                 self._resident.move_to_end(name)
                 return name
-            self._inject(name, spec, tensors)
+            name = self.pool.place(spec, tensors, evict=self._evict_lru)
             old = self._by_persona.get(ref.persona_id)
             st = (spec.folder / "adapter_model.safetensors").stat()
             self._resident[name] = _Resident(name, ref.persona_id, spec.sha256, spec, (st.st_size, st.st_mtime_ns))
             self._by_persona[ref.persona_id] = name
             if old and old != name:
-                self._delete(old)  # a replaced version: nobody can be using it, we hold the lock
+                self._release(old)  # a replaced version: nobody can be using it, we hold the lock
             while len(self._resident) > self.max_resident:
-                self._delete(next(iter(self._resident)))
+                self._evict_lru()
         return name
 
-    def _inject(self, name: str, spec: AdapterSpec, tensors: dict) -> None:
-        """Add adapter `name` to the model and copy its checked tensors in place.
+    def _evict_lru(self) -> None:
+        self._release(next(iter(self._resident)))
 
-        peft's set_peft_model_state_dict calls model.state_dict(), which on these CPUs
-        unpacks bitsandbytes' packed 4-bit weights; repacking them later rounds the
-        block scales differently, so the base model's outputs would drift with every
-        load. Writing the LoRA tensors straight into their modules avoids that.
-        """
-        import torch
-        from peft import LoraConfig, PeftModel
-
-        config = LoraConfig.from_pretrained(str(spec.folder))
-        config.inference_mode = True
-        try:
-            self._layers = None
-            self._active = "?"  # peft may have changed which adapter is active: force the next switch
-            if self.peft is None:
-                self.peft = PeftModel(self.model, config, adapter_name=name)
-            else:
-                self.peft.add_adapter(name, config)
-            root = self.peft.base_model.model
-            expected = {n for n, _ in self.peft.named_parameters() if f".{name}" in n and "lora_" in n}
-            placed = set()
-            with torch.no_grad():
-                for key, tensor in tensors.items():
-                    module_path, kind = parse_key(key)
-                    holder = getattr(root.get_submodule(module_path), kind)
-                    target = holder[name] if isinstance(holder, torch.nn.ParameterDict) else holder[name].weight
-                    if tuple(target.shape) != tuple(tensor.shape):
-                        raise AdapterIncompatible(f"The adapter tensor '{key}' does not fit its module.")
-                    target.copy_(tensor.to(target.dtype))
-                    placed.add(id(target))
-            missing = len(expected) - len(placed)
-            if missing:
-                raise AdapterIncompatible(f"The adapter's weights file lacks {missing} of its {len(expected)} LoRA matrices.")
-        except Exception as exc:
-            if self.peft is not None and name in self.peft.peft_config:
-                self._remove_from_peft(name)
-            if isinstance(exc, ChorusError):
-                raise
-            raise AdapterIncompatible(f"The adapter could not be loaded into the model: {exc}.") from None
-        self.peft.eval()
-
-    def _remove_from_peft(self, name: str) -> None:
-        self._layers = None
-        self._active = "?"
-        if len(self.peft.peft_config) > 1:
-            if name in (self.peft.active_adapters or []):
-                other = next(n for n in self.peft.peft_config if n != name)
-                self.peft.set_adapter(other)
-            self.peft.delete_adapter(name)
-        # peft cannot delete its last adapter; an unreferenced one costs one slot until replaced.
-
-    def _delete(self, name: str) -> None:
+    def _release(self, name: str) -> None:
         res = self._resident.pop(name, None)
         if res and self._by_persona.get(res.persona_id) == name:
             del self._by_persona[res.persona_id]
-        if self.peft is not None and name in self.peft.peft_config:
-            self._remove_from_peft(name)
+        self.pool.release(name)
 
     def forget(self, persona_id: str) -> None:
         """Drop a persona's resident adapter (deleted persona, detached adapter)."""
         with self._lock:
             name = self._by_persona.get(persona_id)
             if name:
-                self._delete(name)
+                self._release(name)
+
+    @property
+    def peft(self):
+        """The PeftModel wrapping the base model (None until the first adapter)."""
+        return self.pool.peft
 
     # generation --------------------------------------------------------------
 
     def prompt_budget(self, max_new_tokens: int) -> int:
         return max(self.context_limit - max_new_tokens, 64)
 
-    def _lora_layers(self) -> list:
-        """Every LoRA layer in the model, collected once per change of the adapter set."""
-        if self._layers is None:
-            from peft.tuners.lora import LoraLayer
-
-            self._layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
-        return self._layers
-
     def _activate(self, name: str | None) -> None:
-        """Point every LoRA layer at adapter `name` (None: none, the bare base).
-
-        peft's set_adapter walks all modules and resets requires_grad on every resident
-        adapter's weights (14.7 ms for 210 layers); serving needs only the active list,
-        which is what LoRA layers read in forward. An empty list is the bare base.
-        """
-        if name == self._active:
+        """Point every LoRA layer at slot `name` (None: the bare base), timing the switch."""
+        if name == self.pool.active:
             return
         t0 = time.perf_counter()
-        if self.peft is not None:
-            active = [name] if name is not None else []
-            for layer in self._lora_layers():
-                layer._active_adapter = active
-            if name is not None:
-                self.peft.base_model.active_adapter = name
-        self._active = name
-        self.last_switch = {
-            "adapter": name,
-            "at": time.time(),
-            "ms": round((time.perf_counter() - t0) * 1000, 3),
-        }
+        self.pool.activate(name)
+        self.last_switch = {"adapter": name, "at": time.time(), "ms": round((time.perf_counter() - t0) * 1000, 3)}
 
     def stream(
         self,

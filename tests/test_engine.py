@@ -55,14 +55,14 @@ def test_same_seed_same_reply_when_sampling(tiny_engine, tiny_adapters):
     assert one == two and one != other
 
 
-def test_lru_evicts_with_delete_adapter(tiny_engine_factory, tiny_adapters):
+def test_lru_evicts_and_reuses_slots(tiny_engine_factory, tiny_adapters):
     engine = tiny_engine_factory(max_resident=2)
     first = engine.generate(PROMPT, ref("a", tiny_adapters["a"]), greedy())
     engine.generate(PROMPT, ref("b", tiny_adapters["b"]), greedy())
     engine.generate(PROMPT, ref("a", tiny_adapters["a"]), greedy())  # a is now most recent
     engine.generate(PROMPT, ref("c", tiny_adapters["c"]), greedy())
     assert engine.resident() == ["a", "c"]
-    assert not any(name.startswith("b__") for name in engine.peft.peft_config)
+    assert engine.pool.slot_count() == 2  # b's slot was refilled with c, not kept beside it
     engine.generate(PROMPT, ref("b", tiny_adapters["b"]), greedy())
     assert engine.resident() == ["c", "b"]
     assert engine.generate(PROMPT, ref("a", tiny_adapters["a"]), greedy()) == first
@@ -125,7 +125,7 @@ def test_incompatible_adapters_are_refused_and_nothing_loads(case, tiny_engine, 
     with pytest.raises(AdapterIncompatible, match=message):
         tiny_engine.ensure_adapter(ref("bad", bad))
     assert tiny_engine.resident() == ["a"]
-    assert list(tiny_engine.peft.peft_config) == [n for n in tiny_engine.peft.peft_config if n.startswith("a__")]
+    assert tiny_engine.pool.slot_count() == 1  # only a's slot: nothing of the refused adapter stayed
     assert tiny_engine.generate(PROMPT, ref("a", tiny_adapters["a"]), greedy()) == before
 
 
@@ -227,3 +227,37 @@ def test_fast_switching_gives_the_same_tokens_as_stock_peft(tiny_engine, tiny_mo
     with stock.disable_adapter():
         theirs[None] = run()
     assert ours == theirs
+
+
+def test_refilled_slots_give_the_same_tokens_as_fresh_ones(tiny_engine_factory, tiny_adapters):
+    fresh = {}
+    for name in ("a", "b", "c"):
+        engine = tiny_engine_factory(max_resident=1)
+        fresh[name] = engine.generate(PROMPT, ref(name, tiny_adapters[name]), sampled(9))
+    engine = tiny_engine_factory(max_resident=1)
+    for name in ("a", "b", "c", "a", "c", "b"):
+        assert engine.generate(PROMPT, ref(name, tiny_adapters[name]), sampled(9)) == fresh[name]
+        assert engine.pool.slot_count() == 1
+
+
+def test_a_slot_with_another_layout_is_rebuilt(tiny_engine_factory, tiny_model_dir, tiny_adapters, tmp_path):
+    from core.synthetic import make_random_adapter
+
+    qv = make_random_adapter(tiny_model_dir, tmp_path / "qv", seed=5, rank=2, targets=["q_proj", "v_proj"])
+    alone = tiny_engine_factory(max_resident=1).generate(PROMPT, ref("qv", qv), greedy())
+    engine = tiny_engine_factory(max_resident=1)
+    a = engine.generate(PROMPT, ref("a", tiny_adapters["a"]), greedy())
+    assert engine.generate(PROMPT, ref("qv", qv), greedy()) == alone
+    assert engine.generate(PROMPT, ref("a", tiny_adapters["a"]), greedy()) == a
+    assert engine.pool.slot_count() == 1
+
+
+def test_alpha_is_rederived_when_a_slot_is_refilled(tiny_engine_factory, tiny_model_dir, tmp_path):
+    from core.synthetic import make_random_adapter
+
+    low = make_random_adapter(tiny_model_dir, tmp_path / "low", seed=6, rank=4, alpha=4)
+    high = make_random_adapter(tiny_model_dir, tmp_path / "high", seed=6, rank=4, alpha=64)
+    alone = tiny_engine_factory(max_resident=1).generate(PROMPT, ref("high", high), greedy())
+    engine = tiny_engine_factory(max_resident=1)
+    engine.generate(PROMPT, ref("low", low), greedy())
+    assert engine.generate(PROMPT, ref("high", high), greedy()) == alone
