@@ -273,6 +273,61 @@ class Engine:
                 "stopped": stop.is_set(),
             }
 
+    def generate_group(self, requests: list[tuple[list[int], AdapterRef | None]], settings: GenerationSettings) -> list[str]:
+        """Greedy replies for several personas decoded together in one batch.
+
+        peft's mixed-adapter batches route each row through its own adapter (`adapter_names`),
+        so four personas cost little more than one on a CPU that is bound by memory traffic.
+        Greedy only: sampled rows would share one random stream, and a reply must not
+        depend on who else was in the batch.
+        """
+        import torch
+
+        if settings.temperature > 0:
+            raise ChorusError("Grouped decoding is greedy only; use temperature 0.")
+        if len([r for _, r in requests if r is not None]) > self.max_resident:
+            raise ChorusError(f"A group can hold at most {self.max_resident} adapters (--max-resident-adapters).")
+        for _, ref in requests:
+            if ref is not None:
+                self.ensure_adapter(ref)
+        with self._lock:
+            names = [self.ensure_adapter(ref) if ref is not None else "__base__" for _, ref in requests]
+            if self.peft is None:
+                model = self.model
+                extra = {}
+            else:
+                model, extra = self.peft, {"adapter_names": names}
+            width = max(len(ids) for ids, _ in requests)
+            pad = self.tokenizer.pad_token_id
+            device = next(self.model.parameters()).device
+            batch = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids, _ in requests], device=device)
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in requests], device=device)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=batch,
+                    attention_mask=mask,
+                    max_new_tokens=settings.max_new_tokens,
+                    min_new_tokens=settings.min_new_tokens or None,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    repetition_penalty=settings.repetition_penalty,
+                    pad_token_id=pad,
+                    **extra,
+                )
+            elapsed = time.perf_counter() - t0
+            new = out[:, width:]
+            self.last_generation = {
+                "tokens": int(new.numel()),
+                "seconds": round(elapsed, 3),
+                "tok_s": round(new.numel() / elapsed, 1) if elapsed > 0 else None,
+                "group": len(requests),
+            }
+            self._activate(self.pool.active)
+            return [self.tokenizer.decode(row, skip_special_tokens=True) for row in new]
+
     def status(self) -> dict:
         with self._lock:
             return {

@@ -261,3 +261,29 @@ def test_alpha_is_rederived_when_a_slot_is_refilled(tiny_engine_factory, tiny_mo
     engine = tiny_engine_factory(max_resident=1)
     engine.generate(PROMPT, ref("low", low), greedy())
     assert engine.generate(PROMPT, ref("high", high), greedy()) == alone
+
+
+def test_group_decoding_matches_peft_mixed_batches(tiny_engine, tiny_model_dir, tiny_adapters):
+    from peft import PeftModel
+
+    from core.loader import load_base
+    from core.model_source import ModelSource
+
+    prompts = [PROMPT, PROMPT[:5], PROMPT[2:], PROMPT]
+    names = ["a", "b", None, "c"]
+    requests = [(p, ref(n, tiny_adapters[n]) if n else None) for p, n in zip(prompts, names)]
+    ours = tiny_engine.generate_group(requests, greedy(n=10))
+    assert len(set(ours)) >= 3
+    model, tok, _ = load_base(ModelSource("tiny-llama", tiny_model_dir))
+    stock = PeftModel.from_pretrained(model, str(tiny_adapters["a"]), adapter_name="a")
+    for n in ("b", "c"):
+        stock.load_adapter(str(tiny_adapters[n]), adapter_name=n)
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = stock.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False, repetition_penalty=1.1,
+                         pad_token_id=tok.pad_token_id, adapter_names=[n or "__base__" for n in names])
+    assert ours == [tok.decode(row[width:], skip_special_tokens=True) for row in out]
+    assert ours == [tiny_engine.generate(p, r, greedy(n=10)) for p, r in requests]  # as each persona alone
+    with pytest.raises(Exception, match="greedy"):
+        tiny_engine.generate_group(requests, sampled(1))
