@@ -144,8 +144,9 @@ class ChatService:
         if prompt.dropped_turns:
             yield ReplyEvent("info", info={"dropped_turns": prompt.dropped_turns})
         pieces: list[str] = []
+        figures: dict = {}
         try:
-            for piece in self.engine.stream(prompt.input_ids, adapter, settings, stop):
+            for piece in self.engine.stream(prompt.input_ids, adapter, settings, stop, result=figures):
                 pieces.append(piece)
                 yield ReplyEvent("delta", piece)
         finally:
@@ -153,7 +154,8 @@ class ChatService:
             text = "".join(pieces).strip()
             meta = {
                 "settings": settings.as_dict(),
-                "stopped": stop.is_set() and bool(self.engine.last_generation.get("stopped")),
+                # Not filled when the consumer left before the worker finished: that is a stop too.
+                "stopped": bool(figures.get("stopped", True)),
                 "adapter_sha256": adapter.sha256 if adapter else None,
                 "dropped_turns": prompt.dropped_turns,
             }
@@ -169,3 +171,25 @@ class ChatService:
                 meta=meta,
             )
         yield ReplyEvent("done", text, message=message)
+
+    # added for the web UI -----------------------------------------------------
+
+    def resend_edited(
+        self,
+        conversation_id: str,
+        message_id: int,
+        persona_id: str,
+        text: str,
+        settings: GenerationSettings | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[ReplyEvent]:
+        """Keep an edited copy of a user message beside the original (a new branch) and
+        stream the persona's reply to it; the original branch stays browsable."""
+        text = text.strip()
+        if not text:
+            raise ChorusError("The message is empty; type something first.")
+        original = self.store.conversations.message(message_id)
+        if original["conversation_id"] != conversation_id or original["role"] != "user":
+            raise ChorusError("Only your own messages in this conversation can be edited and sent again.")
+        self.store.conversations.add_message(conversation_id, "user", text, parent_id=original["parent_id"])
+        return self._reply(conversation_id, persona_id, settings or GenerationSettings(), stop)

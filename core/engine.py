@@ -73,13 +73,18 @@ class _Resident:
 
 
 class _StopOnEvent:
+    """Ends generation once `event` is set, and remembers whether it was what ended it."""
+
     def __init__(self, event: threading.Event):
         self.event = event
+        self.fired = False
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        if self.event.is_set():
+            self.fired = True
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
 
 
 class Engine:
@@ -197,8 +202,13 @@ class Engine:
         adapter: AdapterRef | None,
         settings: GenerationSettings,
         stop: threading.Event | None = None,
+        result: dict | None = None,
     ) -> Iterator[str]:
-        """Yield the reply's text piece by piece; setting `stop` ends it after the current token."""
+        """Yield the reply's text piece by piece; setting `stop` ends it after the current token.
+
+        `result`, if given, is filled with this reply's figures (tokens, seconds, tok_s, and
+        whether the stop request is what ended it) once the stream is done.
+        """
         from transformers import TextIteratorStreamer
 
         stop = stop or threading.Event()
@@ -211,7 +221,9 @@ class Engine:
 
         def work():
             try:
-                self._generate(input_ids, adapter, settings, streamer, stop)
+                stats = self._generate(input_ids, adapter, settings, streamer, stop)
+                if result is not None:
+                    result.update(stats)
             except BaseException as exc:  # handed to the consumer below
                 errors.append(exc)
                 streamer.end()
@@ -234,7 +246,7 @@ class Engine:
     def generate(self, input_ids, adapter, settings, stop=None) -> str:
         return "".join(self.stream(input_ids, adapter, settings, stop))
 
-    def _generate(self, input_ids, adapter, settings, streamer, stop) -> None:
+    def _generate(self, input_ids, adapter, settings, streamer, stop) -> dict:
         import torch
         from transformers import StoppingCriteriaList
 
@@ -244,6 +256,7 @@ class Engine:
             device = next(self.model.parameters()).device
             ids = torch.tensor([input_ids], dtype=torch.long, device=device)
             sample = settings.temperature > 0
+            stopper = _StopOnEvent(stop)
             kwargs = dict(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
@@ -252,7 +265,7 @@ class Engine:
                 do_sample=sample,
                 repetition_penalty=settings.repetition_penalty,
                 streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                stopping_criteria=StoppingCriteriaList([stopper]),
                 pad_token_id=self.tokenizer.pad_token_id,
             )
             if sample:
@@ -266,12 +279,14 @@ class Engine:
                 out = self.model.generate(**kwargs)
             elapsed = time.perf_counter() - t0
             new_tokens = int(out.shape[1] - ids.shape[1])
-            self.last_generation = {
+            stats = {
                 "tokens": new_tokens,
                 "seconds": round(elapsed, 3),
                 "tok_s": round(new_tokens / elapsed, 1) if elapsed > 0 else None,
-                "stopped": stop.is_set(),
+                "stopped": stopper.fired,
             }
+            self.last_generation = stats  # for the status line; callers get their own copy
+            return dict(stats)
 
     def generate_group(self, requests: list[tuple[list[int], AdapterRef | None]], settings: GenerationSettings) -> list[str]:
         """Greedy replies for several personas decoded together in one batch.

@@ -46,6 +46,7 @@ def test_send_streams_and_saves_both_sides(chat):
     path = chat.store.conversations.path(conv["id"])
     assert [m["role"] for m in path] == ["assistant", "user", "assistant"]
     assert path[-1]["persona_id"] == "juniper" and path[-1]["meta"]["settings"]["seed"] == 3
+    assert path[-1]["meta"]["stopped"] is False  # a reply that ran to its end was not stopped
 
 
 def test_switching_persona_mid_conversation(chat, tiny_adapters):

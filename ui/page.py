@@ -1,35 +1,66 @@
-"""A minimal chat page (placeholder until the full chat UI lands): pick a persona, talk."""
+"""The Chorus page: layout and wiring. Each area lives in its own module (chat,
+conversations, personas, status); this module places them and connects them.
+
+Tabs leave room for later areas (training, card import/export): add a `gr.Tab` below.
+"""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from core.errors import ChorusError
+from ui.assets import CSS, PICK_JS
+from ui.chat_view import ChatView
+from ui.conversations_view import ConversationsView
+from ui.personas_view import PersonasView
+from ui.session import Sessions, new_state
+from ui.status import status_html
+
+STATUS_EVERY_S = 2.0
+
+
+def launch_options(runtime) -> dict:
+    """What `launch()` needs for this page: its CSS, and the avatar folder it may serve."""
+    avatars = runtime.store.home / "avatars"
+    avatars.mkdir(parents=True, exist_ok=True)
+    return {"css": CSS, "allowed_paths": [str(avatars)]}
 
 
 def build(runtime) -> gr.Blocks:
-    personas = runtime.store.personas.list()
-    choices = [(p["name"], p["id"]) for p in personas]
+    sessions = Sessions()  # per-app, keyed by session: stop flags for streaming replies
+    chat = ChatView(runtime, sessions)
+    convs = ConversationsView(runtime, chat)
+    personas = PersonasView(runtime, chat)
 
-    def respond(message, history, persona_id, conv_id):
-        try:
-            chat = runtime.chat
-            if not conv_id:
-                conv_id = chat.start_conversation(persona_id)["id"]
-            history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-            for event in chat.send(conv_id, persona_id, message):
-                if event.kind == "delta":
-                    history[-1]["content"] += event.text
-                    yield history, conv_id, ""
-            yield history, conv_id, ""
-        except ChorusError as exc:
-            raise gr.Error(str(exc)) from None
+    def status():
+        names = {p["id"]: p["name"] for p in runtime.store.personas.list()}
+        return status_html(runtime, names)
 
-    with gr.Blocks(title="Chorus") as demo:
-        gr.Markdown("# Chorus")
-        persona = gr.Dropdown(choices=choices, value=choices[0][1] if choices else None, label="Persona")
-        conv = gr.State(None)
-        bot = gr.Chatbot(type="messages") if "type" in gr.Chatbot.__init__.__code__.co_varnames else gr.Chatbot()
-        box = gr.Textbox(placeholder="Say something")
-        box.submit(respond, [box, bot, persona, conv], [bot, conv, box])
+    with gr.Blocks(title="Chorus", analytics_enabled=False) as demo:
+        state = gr.State(new_state(None))
+        with gr.Row(equal_height=True):
+            gr.Markdown("# Chorus", elem_id="ch-title")
+            status_box = gr.HTML(status(), elem_id="ch-status", js_on_load=None)
+        timer = gr.Timer(STATUS_EVERY_S)
+        with gr.Tabs(elem_id="ch-tabs") as tabs:
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=270):
+                        new_chat = gr.Button("+ New chat", variant="secondary", elem_id="ch-new")
+                        gr.Markdown("**Personas**")
+                        picker = gr.HTML(elem_id="ch-personas-list", js_on_load=PICK_JS)
+                        gr.Markdown("**Conversations**")
+                        cv = convs.build()
+                    with gr.Column(scale=3):
+                        c = chat.build()
+                        c.picker_html = picker
+            with gr.Tab("Personas", id="personas", elem_id="tab-personas"):
+                pv = personas.build()
+            # Later issues add their tabs here (training, import/export).
+
+        chat.wire(c, state, picker, cv.list)
+        new_chat.click(chat.new_chat, [state], [state, c.transcript, cv.list, c.box])
+        convs.wire(cv, state, c)
+        personas.wire(pv, state, tabs, c, cv.list)
+        timer.tick(status, None, status_box, show_progress="hidden", queue=False)
+        demo.load(chat.refresh, [state], [state, c.transcript, picker, c.active, cv.list], show_progress="hidden")
     return demo

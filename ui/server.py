@@ -38,12 +38,13 @@ def serve(args) -> int:
         )
     runtime = Runtime(RuntimeOptions(model=args.model, max_resident_adapters=args.max_resident_adapters))
     runtime.load_in_background()
-    from ui.page import build
+    from ui.page import build, launch_options
 
     demo = build(runtime)
     if auth:
         print(f"Chorus is listening on {args.host}:{args.port}; a login is required.", file=sys.stderr)
     demo.queue(default_concurrency_limit=8).launch(
-        server_name=args.host, server_port=args.port, auth=auth, inbrowser=False, show_error=False
+        server_name=args.host, server_port=args.port, auth=auth, inbrowser=False, show_error=False,
+        **launch_options(runtime),
     )
     return 0
