@@ -52,6 +52,15 @@ def ttft_ms(engine, ids, adapter, repeats):
     return statistics.median(times)
 
 
+def switch_ms(engine, ref) -> float:
+    """Milliseconds from naming a persona's adapter to it being the one the model runs."""
+    t0 = time.perf_counter()
+    name = engine.ensure_adapter(ref)
+    with engine._lock:
+        engine._activate(name)
+    return (time.perf_counter() - t0) * 1000
+
+
 def rss_mb() -> float:
     import psutil
 
@@ -178,21 +187,10 @@ def main(argv=None) -> int:
     for i in range(args.cold_loads):
         r = refs[8 + i % 2]
         engine.forget(r.persona_id)
-        t0 = time.perf_counter()
-        name = engine.ensure_adapter(r)
-        with engine._lock:
-            engine._activate(name)
-        cold.append((time.perf_counter() - t0) * 1000)
+        cold.append(switch_ms(engine, r))
 
     log("resident switches...")
-    switch = []
-    for i in range(args.switches):
-        r = refs[i % 4]
-        t0 = time.perf_counter()
-        name = engine.ensure_adapter(r)
-        with engine._lock:
-            engine._activate(name)
-        switch.append((time.perf_counter() - t0) * 1000)
+    switch = [switch_ms(engine, refs[i % 4]) for i in range(args.switches)]
 
     log("decode...")
     base = decode_tok_s(engine, ids, None, args.decode_tokens, args.repeats)
@@ -219,9 +217,7 @@ def main(argv=None) -> int:
         engine.ensure_adapter(r)
     drift_start = rss_mb()
     for _ in range(args.drift_switches):
-        name = engine.ensure_adapter(rng.choice(refs))
-        with engine._lock:
-            engine._activate(name)
+        switch_ms(engine, rng.choice(refs))
     drift_end = rss_mb()
 
     long_ids = (engine.tokenizer("The lighthouse keeper wrote in his log. " * 80)["input_ids"])[:512]
