@@ -56,7 +56,7 @@ _WA_MARKERS = ("\u200e", "<Media omitted>", "omitted", "<attached:", "end-to-end
 def _sniff_jsonl(lines: list[str]) -> str | None:
     try:
         first = json.loads(lines[0])
-    except (json.JSONDecodeError, IndexError):
+    except (ValueError, RecursionError, IndexError):  # a line that does not parse is not JSON Lines
         return None
     if not isinstance(first, dict):
         return None

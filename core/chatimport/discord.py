@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from typing import Iterator
 
 from core.errors import ExportInvalid
 
 from .jsonstream import JsonWalker
-from .model import MEDIA, SYSTEM, TEXT, Conversation, Message, Note
-from .sources import ProgressTracker, Source, iter_lines, not_utf8, open_text
+from .model import MAX_ITEM_CHARS, MEDIA, SYSTEM, TEXT, Conversation, Message, MessageLines, Note
+from .sources import ProgressTracker, Source, bounded_lines, iter_lines, not_utf8, open_text
 from .timeparse import parse_loose
 
 _TALK = {"Default", "Reply", "0", "19", ""}
@@ -133,7 +132,7 @@ def _parse_txt(src: Source, tracker) -> Iterator:
                 started = True
             if cur is not None:
                 yield _plain(cur[0], cur[1], "\n".join(cur[2]), cur[3])
-            cur = [_strip_disc(m.group("name")), when, [], [], None]
+            cur = [_strip_disc(m.group("name")), when, MessageLines(), MessageLines(), None]
         elif cur is not None:
             if line.strip() in _SECTIONS:
                 cur[4] = line.strip()
@@ -147,11 +146,11 @@ def _parse_txt(src: Source, tracker) -> Iterator:
 
 
 def parse_csv(sources: list[Source], tracker: ProgressTracker | None) -> Iterator:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    csv.field_size_limit(MAX_ITEM_CHARS)
     for src in sources:
         yield Conversation(title=src.basename.rsplit(".", 1)[0])
         with open_text(src, tracker, newline="") as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(bounded_lines(fh, src.basename))
             try:
                 for row in reader:
                     if None in row or not row.get("Author"):

@@ -14,7 +14,7 @@ import re
 from datetime import datetime
 from typing import Iterator
 
-from .model import DELETED, MEDIA, SYSTEM, TEXT, Conversation, Message
+from .model import DELETED, MEDIA, SYSTEM, TEXT, Conversation, Message, MessageLines
 from .sources import ProgressTracker, Source, iter_lines
 
 DATE_LINE = re.compile(
@@ -71,7 +71,7 @@ def parse_file(lines) -> list[Message]:
                 out.append(Message(None, when, rest, SYSTEM))
                 cur = None
             else:
-                cur = [len(m.group("indent")), None, when, [], True]
+                cur = [len(m.group("indent")), None, when, MessageLines(), True]
             continue
         if cur is None:
             continue

@@ -4,7 +4,8 @@ Telegram's result.json or a DiscordChatExporter file can be hundreds of MB; `jso
 would hold the text and a tree several times its size. Here the caller names the arrays
 it wants item by item (path patterns like ("chats", "list", "*", "messages", "*")); the
 walker steps through the containers on the way to them by hand and hands every item to
-the C decoder (`raw_decode`) on a sliding buffer, so memory is bounded by the largest item.
+the C decoder (`raw_decode`) on a sliding buffer, so memory is bounded by the largest item,
+and an item is refused beyond `MAX_ITEM_CHARS`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import IO, Iterator
 
 from core.errors import ExportInvalid
 
+from .model import MAX_ITEM_CHARS
+
 _WS = " \t\n\r"
 _CHUNK = 1 << 20
-MAX_ITEM_CHARS = 256 * 1024**2  # one message or one non-streamed value never needs more
 
 
 class JsonWalker:
@@ -79,13 +81,25 @@ class JsonWalker:
             try:
                 value, end = self._dec.raw_decode(self._buf, self._pos)
             except json.JSONDecodeError as exc:
-                if len(self._buf) - self._pos > MAX_ITEM_CHARS:
-                    raise self._error("one value is larger than 256 MB") from None
-                # Grow geometrically so a huge value is not re-parsed once per chunk.
-                if self._fill(len(self._buf) - self._pos):
+                pending = len(self._buf) - self._pos
+                if pending > MAX_ITEM_CHARS:
+                    raise ExportInvalid(
+                        f"{self._name!r} holds one message or value longer than {MAX_ITEM_CHARS:,} characters "
+                        f"(from character {self._consumed + self._pos:,}); no chat message is that long. "
+                        "The file is damaged or not a chat export: export the chat again."
+                    ) from None
+                # Grow geometrically so a huge value is not re-parsed once per chunk, but not far past the bound.
+                if self._fill(min(pending, MAX_ITEM_CHARS + 1 - pending)):
                     continue
                 at = len(self._buf) if exc.msg.startswith("Unterminated") else exc.pos
                 raise self._error(exc.msg, at) from None
+            except RecursionError:
+                raise ExportInvalid(
+                    f"{self._name!r} nests its JSON too deeply (near character {self._consumed + self._pos:,}) "
+                    "to be a chat export; the file is damaged or was not written by a chat exporter."
+                ) from None
+            except ValueError as exc:  # valid JSON that Python will not read, e.g. a 5,000-digit number
+                raise self._error(str(exc)) from None
             # A number (or literal) that touches the end of the buffer may continue in the next chunk.
             if end >= len(self._buf) and not self._eof and not isinstance(value, (str, dict, list)):
                 if self._fill():

@@ -45,8 +45,11 @@ def _jsonl(src: Source, tracker) -> Iterator[tuple[int, dict]]:
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ExportInvalid(f"{src.basename!r} line {n:,} is not valid JSON ({exc.msg}); "
+        except RecursionError:
+            raise ExportInvalid(f"{src.basename!r} line {n:,} nests its JSON too deeply to be a chat export; "
+                                "the file is damaged or was not written by a chat tool.") from None
+        except ValueError as exc:  # JSONDecodeError, or valid JSON Python will not read (a 5,000-digit number)
+            raise ExportInvalid(f"{src.basename!r} line {n:,} is not valid JSON ({getattr(exc, 'msg', exc)}); "
                                 "the file may be truncated or not JSON Lines.") from None
         if not isinstance(obj, dict):
             raise ExportInvalid(f"{src.basename!r} line {n:,} is not a JSON object.")

@@ -19,6 +19,7 @@ from core.errors import ChorusError, ExportInvalid, UnsafeArchive
 
 from .detect import FORMATS, detect
 from .model import (
+    MAX_MESSAGE_CHARS,
     Conversation,
     ImportResult,
     LazyMessages,
@@ -76,6 +77,7 @@ def load_export(path: str | os.PathLike, progress: Progress | None = None) -> Im
     result = ImportResult(format=fmt, source=str(path))
     conv: Conversation | None = None
     counts: list[int] = []
+    cut = 0
     for item in _guarded(parser(chosen, tracker), label):
         if isinstance(item, Note):
             result.notes.append(item.text)
@@ -91,9 +93,13 @@ def load_export(path: str | os.PathLike, progress: Progress | None = None) -> Im
             counts.append(0)
         count_into(result, conv, item)
         counts[-1] += 1
+        cut += item.cut
         if not lazy:
             conv.messages.append(item)
     tracker.finish()
+    if cut:
+        result.notes.append(f"{cut:,} message{'s' if cut > 1 else ''} longer than {MAX_MESSAGE_CHARS:,} characters "
+                            f"{'were' if cut > 1 else 'was'} cut to that length.")
 
     if result.message_count == 0:
         raise ExportInvalid(f"{label!r} is a {FORMATS[fmt][0]} but holds no messages.")

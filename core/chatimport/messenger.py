@@ -10,13 +10,13 @@ fails (then it was not mojibake). The 2024 end-to-end-encrypted export shape
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from typing import Iterator
 
 from core.errors import ExportInvalid
 
+from .jsonstream import JsonWalker
 from .model import DELETED, MEDIA, REACTION, SYSTEM, TEXT, Conversation, Message, Note
 from .sources import ProgressTracker, Source, not_utf8, open_text
 from .timeparse import from_unix
@@ -78,18 +78,25 @@ def to_message(raw) -> tuple[int, Message]:
     return ts, Message(speaker, when, content, TEXT, media)
 
 
-def _load(src: Source, tracker) -> dict:
+def _load(src: Source, tracker) -> tuple[str | None, list[tuple[int, Message]]]:
+    """(title, messages) of one file, streamed: memory is bounded by one message, not the file."""
+    meta: dict = {}
+    found = False
+    rows: list[tuple[int, Message]] = []
     try:
         with open_text(src, tracker) as fh:
-            data = json.load(fh)
+            for event, path, value in JsonWalker(fh, src.name, [("messages", "*")]).walk():
+                if event == "item":
+                    rows.append(to_message(fix_mojibake(value)))
+                elif event == "end" and path == ("messages",):
+                    found = True
+                elif event == "value" and path in (("title",), ("threadName",)):
+                    meta[path[0]] = fix_mojibake(value)
     except UnicodeDecodeError as exc:
         raise not_utf8(src.basename, exc) from None
-    except json.JSONDecodeError as exc:
-        raise ExportInvalid(f"{src.name!r} is not valid JSON (line {exc.lineno}: {exc.msg}); "
-                            "the file may be truncated. Download it again.") from None
-    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+    if not found:
         raise ExportInvalid(f"{src.name!r} has no list of messages.")
-    return fix_mojibake(data)
+    return meta.get("title") or meta.get("threadName"), rows
 
 
 def parse(sources: list[Source], tracker: ProgressTracker | None) -> Iterator:
@@ -104,10 +111,9 @@ def parse(sources: list[Source], tracker: ProgressTracker | None) -> Iterator:
         dups = 0
         rows: list[tuple[int, int, Message]] = []
         for src in files:
-            data = _load(src, tracker)
-            title = data.get("title") or data.get("threadName") or title
-            for raw in data["messages"]:
-                ts, msg = to_message(raw)
+            file_title, messages = _load(src, tracker)
+            title = file_title or title
+            for ts, msg in messages:
                 key = (msg.speaker, ts, msg.kind, msg.text, msg.media)
                 if key in seen:
                     dups += 1

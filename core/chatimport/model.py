@@ -27,6 +27,18 @@ KINDS = (TEXT, MEDIA, SYSTEM, DELETED, VIEW_ONCE, POLL, REACTION)
 
 UNKNOWN_SPEAKER = "(unknown)"
 
+# One message's text is cut to this length. Chat apps cap a message far below it (WhatsApp
+# 65,536 characters, Telegram 4,096, Discord 4,000), the store keeps at most 256 KB of one,
+# and 1M characters (~250k tokens) is beyond any model's context, so only a damaged or
+# hostile export reaches it; cutting (with a note) keeps the rest of such an export usable.
+MAX_MESSAGE_CHARS = 1_000_000
+# One line of a text export, or one JSON item (a message; a whole conversation in LLM
+# datasets), is refused beyond this, before more of it is read. 8x the message cap leaves
+# room for JSON escapes and Telegram's `text_entities` (which repeat the text), and 8M
+# characters is ~2M tokens for a dataset record; reading one costs at most ~100 MB even
+# in 4-byte characters.
+MAX_ITEM_CHARS = 8 * MAX_MESSAGE_CHARS
+
 
 @dataclass(slots=True)
 class Message:
@@ -38,6 +50,30 @@ class Message:
     kind: str = TEXT
     media: str | None = None  # what was attached (file name or type), kept apart from `text`
     forwarded: bool = False  # forwarded from someone else: not the speaker's voice
+    cut: bool = False  # the text was longer than MAX_MESSAGE_CHARS and was cut to it
+
+    def __post_init__(self) -> None:
+        # Every parser builds its messages here, so the cap holds for every format.
+        if len(self.text) > MAX_MESSAGE_CHARS:
+            self.text = self.text[:MAX_MESSAGE_CHARS]
+            self.cut = True
+
+
+class MessageLines(list):
+    """The lines of one message as a parser gathers them. Lines that arrive once the message
+    is past MAX_MESSAGE_CHARS are dropped (`Message` cuts there anyway), so a message of
+    millions of lines cannot fill memory."""
+
+    __slots__ = ("chars",)
+
+    def __init__(self, *lines: str):
+        super().__init__(lines)
+        self.chars = sum(map(len, lines))
+
+    def append(self, line: str) -> None:
+        if self.chars <= MAX_MESSAGE_CHARS:
+            self.chars += len(line) + 1
+            super().append(line)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from typing import IO, Callable, Iterator
 from core.errors import ExportInvalid, UnsafeArchive
 from core.safezip import open_zip, read_member
 
+from .model import MAX_ITEM_CHARS
+
 SMALL_MEMBER = 32 * 1024**2  # zip members below this are read whole with read_member
 MAX_MEMBER = 2 * 1024**3  # no single chat file is bigger; beyond this the zip lies or is hostile
 MAX_FOLDER_FILES = 5000  # a Messenger/Instagram download has a few hundred chat files at most
@@ -236,11 +238,25 @@ def open_text(source: Source, tracker: ProgressTracker | None = None, newline: s
     return io.TextIOWrapper(raw, encoding=enc, errors="strict", newline=newline)
 
 
+def bounded_lines(fh: IO[str], name: str) -> Iterator[str]:
+    """The lines of a text stream with their endings, refusing one longer than `MAX_ITEM_CHARS`
+    (`for line in fh` would read a line of any length into memory)."""
+    n = 0
+    while line := fh.readline(MAX_ITEM_CHARS + 1):
+        n += 1
+        if len(line) > MAX_ITEM_CHARS:
+            raise ExportInvalid(
+                f"{name!r} line {n:,} is longer than {MAX_ITEM_CHARS:,} characters; no chat message is that "
+                "long. The file is damaged or not a chat export: export the chat again."
+            )
+        yield line
+
+
 def iter_lines(source: Source, tracker: ProgressTracker | None = None) -> Iterator[str]:
     """Lines without their ending; CRLF, LF and lone CR all end a line."""
     with open_text(source, tracker) as fh:
         try:
-            for line in fh:
+            for line in bounded_lines(fh, source.basename):
                 yield line.rstrip("\n")
         except UnicodeDecodeError as exc:
             raise not_utf8(source.basename, exc) from None

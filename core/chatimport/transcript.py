@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from typing import Iterable, Iterator
 
-from .model import TEXT, Conversation, Message
+from .model import TEXT, Conversation, Message, MessageLines
 from .sources import ProgressTracker, Source, iter_lines
 
 LINE = re.compile(r"^(?P<name>[^\s:\[\]<>][^:\[\]<>\n]{0,39}?)\s*:[ \t\u00a0](?P<text>.*)$")
@@ -48,7 +48,7 @@ def parse_lines(lines: Iterable[str], speakers: set[str]) -> Iterator[Message]:
         if c and c[0] in speakers:
             if cur is not None:
                 yield Message(cur[0], None, "\n".join(cur[1]).strip(), TEXT)
-            cur = [c[0], [c[1]]]
+            cur = [c[0], MessageLines(c[1])]
         elif cur is not None:
             cur[1].append(line)
     if cur is not None:

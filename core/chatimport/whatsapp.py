@@ -21,7 +21,7 @@ import re
 from datetime import datetime
 from typing import Iterable, Iterator
 
-from .model import DELETED, MEDIA, POLL, SYSTEM, TEXT, VIEW_ONCE, Conversation, Message
+from .model import DELETED, MEDIA, POLL, SYSTEM, TEXT, VIEW_ONCE, Conversation, Message, MessageLines
 from .sources import ProgressTracker, Source, iter_lines
 
 MARKS = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
@@ -309,7 +309,7 @@ def parse_lines(lines: Iterable[str], order: str, flavor: str = "whatsapp") -> I
             else:
                 author = names.setdefault(author, author)
                 known.add(author)
-        cur = (author, when, [text])
+        cur = (author, when, MessageLines(text))
     if cur is not None:
         yield _finish(cur[0], cur[1], cur[2], flavor)
 
