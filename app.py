@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port for the web UI (default 7860)")
     parser.add_argument("--auth", default=None, help="USER:PASS required when --host is not a loopback address")
+    parser.add_argument("--auth-file", default=None, help="file of user:pass lines (one login each), instead of or beside --auth")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("personas", parents=[common], help="list personas")
@@ -58,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="export a persona as a bundle (.charx), a PNG card or a V2 JSON card")
     p.add_argument("persona", help="persona id or name")
     p.add_argument("--out", required=True, help="file to write; the extension picks the format: .charx/.zip (with the adapter), .png, .json")
+
+    p = sub.add_parser("train", parents=[common], help="train a persona's voice from a chat export (QLoRA, in the background)")
+    p.add_argument("export", help="the chat export (any format `inspect` reads)")
+    p.add_argument("--speaker", required=True, help="whose voice to learn: a speaker name as `inspect` lists it")
+    p.add_argument("--persona", required=True, help="persona to train: an existing one (id or name) gets a new adapter version, another name creates it")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: chosen from the data)")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16; alpha follows at 2x rank)")
+    p.add_argument("--config", default=None, help='more training settings as JSON, e.g. \'{"learning_rate": 5e-4}\'')
+    p.add_argument("--json", action="store_true", help="progress to stderr; stdout ends with one JSON object")
 
     p = sub.add_parser("export-conversation", parents=[common], help="export a conversation as Markdown (.md) or OpenAI chat JSONL (.jsonl)")
     p.add_argument("conversation", help="conversation id")
@@ -135,6 +145,12 @@ def cmd_export_conversation(args) -> int:
     return export_conversation_command(args.conversation, args.out)
 
 
+def cmd_train(args) -> int:
+    from core.training.cli import train_command
+
+    return train_command(args)
+
+
 def cmd_serve(args) -> int:
     from ui.server import serve
 
@@ -154,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "import": cmd_import,
         "export": cmd_export,
         "export-conversation": cmd_export_conversation,
+        "train": cmd_train,
         None: cmd_serve,
     }
     try:

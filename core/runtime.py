@@ -17,6 +17,7 @@ from core.engine import Engine
 from core.errors import ChorusError
 from core.model_source import resolve_model
 from core.starter import seed_starters
+from core.training.service import TrainingService
 from storage.store import Store
 
 
@@ -54,6 +55,8 @@ class Runtime:
         self._ready = threading.Event()
         self.progress: list[str] = []
         self.started = time.time()
+        self._training = None
+        self._closed = threading.Event()
 
     def _note(self, message: str) -> None:
         self.progress.append(message)
@@ -73,6 +76,8 @@ class Runtime:
                 context_limit=self.options.context_limit,
             )
             self._chat = ChatService(self.store, engine)
+            self._training = TrainingService(self.store, engine)
+            self._training.mark_seen()  # adapters of runs finished before this start are loaded on demand
             self._note(f"Model ready: {engine.info.name}, {engine.info.quantization}, {engine.info.footprint_mb} MB.")
         except ChorusError as exc:
             self._error = exc
@@ -94,6 +99,35 @@ class Runtime:
         thread = threading.Thread(target=run, name="chorus-model-load", daemon=True)
         thread.start()
         return thread
+
+    def watch_training(self, every_s: float = 2.0) -> threading.Thread:
+        """Poll training runs in the background: finished adapters are hot-loaded into the
+        engine (the new persona answers at once), dead workers are marked resumable. Runs
+        whether or not a page is open."""
+
+        def run():
+            while not self._closed.wait(every_s):
+                if self._training is None:
+                    continue
+                try:
+                    self._training.poll()
+                except Exception as exc:  # a bad poll must not end the watcher
+                    logging.getLogger("chorus").warning("training poll failed: %s", exc)
+
+        thread = threading.Thread(target=run, name="chorus-training-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        self._closed.set()
+
+    @property
+    def training(self) -> TrainingService:
+        """The training service (it trains on the model being served, so it waits for it)."""
+        if self._training is not None:
+            return self._training
+        self.chat  # raises the load error, or ModelLoading with the progress so far
+        raise ModelLoading("The model is still loading.")
 
     @property
     def ready(self) -> bool:

@@ -82,3 +82,44 @@ def m001_initial(db: Database) -> None:
     db.execute("CREATE INDEX idx_messages_conversation ON messages(conversation_id)")
     db.execute("CREATE INDEX idx_messages_parent ON messages(parent_id)")
     db.execute("CREATE INDEX idx_adapters_persona ON adapters(persona_id)")
+
+
+@migrations()
+def m002_training(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE training_runs (
+            id TEXT PRIMARY KEY,
+            persona_id TEXT,
+            export_name TEXT NOT NULL DEFAULT '',
+            speaker TEXT NOT NULL,
+            config TEXT NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'cancelling', 'cancelled', 'failed', 'finished')),
+            step INTEGER NOT NULL DEFAULT 0,
+            total_steps INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            adapter_id INTEGER,
+            evaluation TEXT NOT NULL DEFAULT '{}',
+            pid INTEGER,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE training_progress (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES training_runs(id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            loss REAL,
+            eval_loss REAL,
+            learning_rate REAL,
+            tokens_per_s REAL,
+            elapsed_s REAL,
+            created TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX idx_training_progress_run ON training_progress(run_id, step)")

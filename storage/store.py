@@ -10,6 +10,7 @@ from storage.conversations import ConversationRepo
 from storage.db import DatabaseHandle
 from storage.paths import chorus_home
 from storage.personas import PersonaRepo
+from storage.training_runs import TrainingRuns
 
 
 class Store:
@@ -20,6 +21,7 @@ class Store:
         self.personas = PersonaRepo(self.handle, self.home)
         self.conversations = ConversationRepo(self.handle)
         self.adapters = AdapterFiles(self.handle, self.home)
+        self.training = TrainingRuns(self.handle)
         self.adapters.sweep()
 
     def current_adapter(self, persona: dict) -> dict | None:

@@ -1,0 +1,222 @@
+"""The training configuration: one dataclass whose defaults are the recommendation, and the
+plan that turns "auto" fields into numbers once the data size is known.
+
+Every field has a comment saying what it does and why its default is what it is. `None`
+means "choose from the data" (see `plan`); the chosen numbers are recorded beside the
+adapter in `training_config.json`. The UI shows the fields in `ADVANCED` under an
+"Advanced" fold; the rest are decided for the user.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from core.errors import ChorusError
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainConfigInvalid(ChorusError):
+    """A training setting out of range; the message names the field and the allowed range."""
+
+
+@dataclass
+class TrainConfig:
+    # --- LoRA -----------------------------------------------------------------
+    rank: int = 16
+    """LoRA rank r. 16 is the common QLoRA choice; the adapter is ~20 MB on SmolLM2-135M."""
+    alpha: float = 32.0
+    """LoRA alpha; the update is scaled by alpha / rank (2.0 with the defaults)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input during training (none at evaluation or serving)."""
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+    """Which linear layers get adapters: all of attention and MLP, as QLoRA recommends."""
+
+    # --- optimisation ---------------------------------------------------------
+    learning_rate: float = 1e-3
+    """Peak learning rate. Measured on the embedded model outside the CPU trap
+    (bench/train_lr_probe.py, docs/training.md; r=16, alpha=32, batch 8, cosine): held-out
+    loss 3.79 -> 0.42 at step 20 with 1e-3, against 3.79 -> 2.10 with 2e-4, no instability."""
+    batch_size: int = 8
+    """Examples per optimizer step (split into micro-batches by `micro_batch_size`)."""
+    micro_batch_size: int | None = None
+    """Examples per forward pass; None: the whole batch (8 fits easily in CPU memory)."""
+    max_steps: int | None = None
+    """Optimizer steps. None: `epochs` passes over the data, clamped to
+    [min_auto_steps, max_auto_steps] so the default finishes on a laptop CPU."""
+    epochs: float = 2.0
+    """Passes over the training examples when max_steps is None."""
+    min_auto_steps: int = 20
+    """Fewest automatic steps (small exports still move the voice)."""
+    max_auto_steps: int = 150
+    """Most automatic steps: ~10 minutes at ~4 s per step on a 2-core CPU."""
+    warmup_ratio: float = 0.05
+    """Fraction of the steps spent warming the learning rate up from 0 (at least 1 step)."""
+    lr_scheduler: str = "cosine"
+    """Learning-rate decay after warmup: cosine to 0 (or "linear", "constant")."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the LoRA matrices (0, as in the QLoRA paper)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping: the global gradient norm is clipped to this."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass. None: on CUDA only; on the CPU the
+    full-vocabulary logits dominate memory, so it costs time without saving much."""
+
+    # --- data -----------------------------------------------------------------
+    max_seq_len: int | None = None
+    """Tokens per example (older turns are dropped first). None: the 95th percentile of
+    the examples' lengths, rounded up to 64, within [128, 1024]."""
+    max_turns: int = 16
+    """Most turns (user and assistant) in one training example."""
+    val_fraction: float = 0.1
+    """Share of the examples, the most recent ones, held out for evaluation."""
+    scrub: bool = False
+    """Replace URLs, e-mail addresses and phone numbers before training."""
+    max_eval_examples: int = 100
+    """Held-out examples used for the loss (the most recent ones); bounds evaluation time."""
+
+    # --- bookkeeping ------------------------------------------------------------
+    eval_every: int | None = None
+    """Held-out loss every N steps (the validation curve). None: about 8 points per run."""
+    save_every: int | None = None
+    """Checkpoint every N steps, for resume after a crash or a kill. None: about every
+    10% of the run, at least every 5 and at most every 25 steps."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (older ones are deleted)."""
+    samples: int = 3
+    """Held-out prompts answered by the base and by the adapter, side by side, at the end."""
+    sample_max_new_tokens: int = 48
+    """Length of each sample reply."""
+    seed: int = 0
+    """Seed for data order, LoRA initialisation and the sample replies."""
+    nice: int = 10
+    """Scheduling niceness of the training process, so that chat stays responsive."""
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise TrainConfigInvalid(msg)
+
+        self.rank = int(self.rank)
+        need(1 <= self.rank <= 256, "LoRA rank must be between 1 and 256.")
+        self.alpha = float(self.alpha)
+        need(0 < self.alpha <= 1024, "LoRA alpha must be above 0 and at most 1024.")
+        need(0 <= self.dropout < 1, "LoRA dropout must be in [0, 1).")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
+        need(bool(self.target_modules), "Name at least one target module (for example q_proj).")
+        self.learning_rate = float(self.learning_rate)
+        need(1e-7 <= self.learning_rate <= 1e-2, "The learning rate must be between 1e-7 and 1e-2.")
+        self.batch_size = int(self.batch_size)
+        need(1 <= self.batch_size <= 512, "Batch size must be between 1 and 512.")
+        if self.micro_batch_size is not None:
+            self.micro_batch_size = int(self.micro_batch_size)
+            need(
+                1 <= self.micro_batch_size <= self.batch_size and self.batch_size % self.micro_batch_size == 0,
+                "Micro-batch size must divide the batch size.",
+            )
+        if self.max_steps is not None:
+            self.max_steps = int(self.max_steps)
+            need(1 <= self.max_steps <= 100_000, "Steps must be between 1 and 100,000.")
+        need(0 < self.epochs <= 100, "Epochs must be above 0 and at most 100.")
+        need(1 <= self.min_auto_steps <= self.max_auto_steps, "min_auto_steps must be at least 1 and at most max_auto_steps.")
+        need(0 <= self.warmup_ratio < 0.5, "Warmup ratio must be in [0, 0.5).")
+        need(self.lr_scheduler in ("cosine", "linear", "constant"), "The scheduler must be cosine, linear or constant.")
+        need(0 <= self.weight_decay <= 1, "Weight decay must be in [0, 1].")
+        need(self.max_grad_norm > 0, "Gradient clipping must be above 0.")
+        if self.max_seq_len is not None:
+            self.max_seq_len = int(self.max_seq_len)
+            need(32 <= self.max_seq_len <= 8192, "Sequence length must be between 32 and 8192 tokens.")
+        need(2 <= self.max_turns <= 200, "max_turns must be between 2 and 200.")
+        need(0 < self.val_fraction < 0.5, "The held-out fraction must be above 0 and below 0.5.")
+        need(self.max_eval_examples >= 1, "max_eval_examples must be at least 1.")
+        for name in ("eval_every", "save_every"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, int(value))
+                need(int(value) >= 1, f"{name} must be at least 1.")
+        need(1 <= self.keep_checkpoints <= 20, "keep_checkpoints must be between 1 and 20.")
+        need(0 <= self.samples <= 20, "Samples must be between 0 and 20.")
+        need(1 <= self.sample_max_new_tokens <= 512, "Sample length must be between 1 and 512 tokens.")
+        need(0 <= self.nice <= 19, "nice must be between 0 and 19.")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "TrainConfig":
+        """Build from a dict (UI form, JSON); unknown keys are an error, not silently dropped."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainConfigInvalid(f"Unknown training settings: {', '.join(unknown)}.")
+        return cls(**data)
+
+
+# The fields the UI shows under "Advanced"; the others keep their defaults.
+ADVANCED = ("max_steps", "epochs", "rank", "alpha", "learning_rate", "batch_size", "max_seq_len", "dropout", "val_fraction", "scrub", "seed")
+
+
+@dataclass
+class Plan:
+    """The numbers a run actually uses, after the automatic choices."""
+
+    steps: int
+    epochs: float  # how many passes over the data `steps` amounts to
+    batch_size: int
+    micro_batch_size: int
+    grad_accum: int
+    max_seq_len: int
+    warmup_steps: int
+    eval_every: int
+    save_every: int
+    gradient_checkpointing: bool
+    optimizer: str
+    train_examples: int
+    eval_examples: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def auto_seq_len(lengths: list[int]) -> int:
+    """95th percentile of the example lengths, rounded up to 64, within [128, 1024]."""
+    if not lengths:
+        return 256
+    ordered = sorted(lengths)
+    p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+    return int(min(1024, max(128, math.ceil(p95 / 64) * 64)))
+
+
+def plan(config: TrainConfig, n_train: int, n_eval: int, lengths: list[int], device: str) -> Plan:
+    """Resolve the automatic fields for `n_train` examples whose token lengths are `lengths`."""
+    if n_train < 1:
+        raise TrainConfigInvalid("There are no training examples.")
+    batch = config.batch_size
+    micro = config.micro_batch_size or batch
+    per_epoch = math.ceil(n_train / batch)
+    if config.max_steps is not None:
+        steps = config.max_steps
+    else:
+        steps = min(config.max_auto_steps, max(config.min_auto_steps, math.ceil(config.epochs * per_epoch)))
+    seq = config.max_seq_len or auto_seq_len(lengths)
+    eval_every = config.eval_every or max(1, math.ceil(steps / 8))
+    save_every = config.save_every or min(25, max(5, math.ceil(steps / 10)))
+    gc = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
+    return Plan(
+        steps=steps,
+        epochs=round(steps * batch / n_train, 2),
+        batch_size=batch,
+        micro_batch_size=micro,
+        grad_accum=batch // micro,
+        max_seq_len=seq,
+        warmup_steps=max(1, round(config.warmup_ratio * steps)) if config.warmup_ratio > 0 else 0,
+        eval_every=eval_every,
+        save_every=save_every,
+        gradient_checkpointing=bool(gc),
+        optimizer="paged_adamw_8bit" if device == "cuda" else "adamw_torch",
+        train_examples=n_train,
+        eval_examples=min(n_eval, config.max_eval_examples),
+    )

@@ -1,0 +1,152 @@
+"""Turning chat examples into token ids and labels, exactly as the app will serve them.
+
+An example `{"messages": [{"role": "user"|"assistant", "content"}...]}` is rendered with
+the model's own chat template behind the persona card's system prompt (the same
+`system_prompt(persona)` the chat service uses), so the adapter learns in the format it
+is served in. Labels are -100 everywhere except the assistant turns' content and their
+end-of-turn token: the loss is on the chosen speaker's words only. An example too long
+for `max_len` loses its oldest turns first (as the chat prompt does); the system prompt
+and the last reply always stay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.prompting import _merge_for_strict_template
+
+IGNORE = -100
+
+
+def _render(tokenizer, messages: list[dict], *, generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception:  # templates that refuse a system role or a leading assistant turn
+        return tokenizer.apply_chat_template(
+            _merge_for_strict_template(messages), tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans of each assistant turn (content + end token).
+
+    A span is what the full rendering adds after the prompt that asks for that reply,
+    without trailing whitespace; templates that are not prefix-stable fall back to
+    finding the content itself.
+    """
+    text = _render(tokenizer, messages, generation_prompt=False)
+    spans = []
+    search_from = 0
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], generation_prompt=True) if i else ""
+        upto = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+        if text.startswith(upto) and upto.startswith(prompt) and len(upto) > len(prompt):
+            start, end = len(prompt), len(upto.rstrip())
+        else:
+            start = text.find(msg["content"], search_from)
+            if start < 0:
+                continue
+            end = start + len(msg["content"])
+            eos = tokenizer.eos_token or ""
+            if eos and text.startswith(eos, end):
+                end += len(eos)
+        spans.append((start, end))
+        search_from = end
+    return text, spans
+
+
+def encode(tokenizer, system: str, messages: list[dict]) -> dict:
+    """Token ids and labels of one example, untruncated."""
+    full = [{"role": "system", "content": system}, *messages] if system else list(messages)
+    text, spans = assistant_spans(tokenizer, full)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [IGNORE] * len(ids)
+    for k, (a, b) in enumerate(enc["offset_mapping"]):
+        if b > a and any(s <= a and b <= e for s, e in spans):
+            labels[k] = ids[k]
+    return {"input_ids": ids, "labels": labels}
+
+
+def encode_fitting(tokenizer, system: str, messages: list[dict], max_len: int) -> dict | None:
+    """`encode`, dropping the oldest turns until it fits in `max_len`; if even the last
+    exchange is too long, keep its end. None if no assistant token survives."""
+    msgs = list(messages)
+    while True:
+        item = encode(tokenizer, system, msgs)
+        if len(item["input_ids"]) <= max_len or len(msgs) <= 1:
+            break
+        msgs = msgs[1:]
+    if len(item["input_ids"]) > max_len:
+        item = {k: v[-max_len:] for k, v in item.items()}
+    if all(x == IGNORE for x in item["labels"]):
+        return None
+    return item
+
+
+@dataclass
+class Encoded:
+    """Tokenized examples and what happened to them."""
+
+    items: list[dict]
+    truncated: int  # examples that lost turns or tokens to fit max_len
+    dropped: int  # examples with no assistant token left
+    label_tokens: int  # tokens the loss is computed on
+
+
+def encode_all(tokenizer, system: str, examples: list[dict], max_len: int) -> Encoded:
+    items, truncated, dropped, labelled = [], 0, 0, 0
+    for ex in examples:
+        full = encode(tokenizer, system, ex["messages"])
+        if len(full["input_ids"]) <= max_len:
+            item = full
+        else:
+            truncated += 1
+            item = encode_fitting(tokenizer, system, ex["messages"], max_len)
+        if item is None or all(x == IGNORE for x in item["labels"]):
+            dropped += 1
+            continue
+        labelled += sum(x != IGNORE for x in item["labels"])
+        items.append(item)
+    return Encoded(items, truncated, dropped, labelled)
+
+
+def lengths(tokenizer, system: str, examples: list[dict]) -> list[int]:
+    """Untruncated token lengths (for choosing max_seq_len)."""
+    return [len(encode(tokenizer, system, ex["messages"])["input_ids"]) for ex in examples]
+
+
+class ListDataset:
+    """A map-style dataset over encoded items (what Trainer's DataLoader needs)."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+class Collator:
+    """Right-pads a batch to its longest example; padding is masked out of attention and loss."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = int(pad_id)
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[row, :n] = torch.tensor(b["input_ids"])
+            labels[row, :n] = torch.tensor(b["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -1,0 +1,101 @@
+"""Held-out proof that the adapter learned the voice: loss, perplexity and sample replies.
+
+The held-out examples are the most recent part of the export, rendered exactly like the
+training ones (persona card as system prompt, loss on the speaker's replies only).
+`heldout_loss` gives the token-weighted mean loss over those replies with the adapter
+off (base model + card alone) or on; `sample_replies` answers a few held-out prompts
+with the same seed, base against adapter, beside the speaker's real reply.
+
+Everything here runs inside `qlora.no_grad_eval`, so the training process never puts a
+4-bit layer through bitsandbytes' CPU repacking (see qlora.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+from core.training.dataset import IGNORE, Collator
+from core.training.qlora import no_grad_eval
+
+
+def _adapter(model, enabled: bool):
+    if enabled or not hasattr(model, "disable_adapter"):
+        return contextlib.nullcontext()
+    return model.disable_adapter()
+
+
+def heldout_loss(model, items: list[dict], pad_id: int, *, adapter: bool = True, batch_size: int = 8) -> dict:
+    """{"loss", "perplexity", "tokens", "examples", "seconds"} over `items`' labelled tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    if not items:
+        return {"loss": None, "perplexity": None, "tokens": 0, "examples": 0, "seconds": 0.0}
+    collate = Collator(pad_id)
+    total, count = 0.0, 0
+    t0 = time.perf_counter()
+    with no_grad_eval(model), _adapter(model, adapter):
+        for i in range(0, len(items), batch_size):
+            batch = collate(items[i : i + batch_size])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, :-1].float()
+            labels = batch["labels"][:, 1:]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+            total += float(loss)
+            count += int((labels != IGNORE).sum())
+    mean = total / max(count, 1)
+    return {
+        "loss": round(mean, 4),
+        "perplexity": round(math.exp(min(mean, 50)), 2),
+        "tokens": count,
+        "examples": len(items),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def sample_prompts(examples: list[dict], n: int) -> list[dict]:
+    """Up to `n` held-out prompts: each example's turns before its last reply, and that reply."""
+    out = []
+    step = max(1, len(examples) // max(n, 1))
+    for ex in examples[::step]:
+        msgs = ex["messages"]
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if not last:  # no reply, or a reply with nothing before it to answer
+            continue
+        out.append({"turns": msgs[:last], "real": msgs[last]["content"]})
+        if len(out) >= n:
+            break
+    return out
+
+
+def sample_replies(model, tokenizer, persona: dict, prompts: list[dict], *, seed: int, max_new_tokens: int, budget: int = 1024) -> list[dict]:
+    """Base and adapter replies to each prompt, with the same seed, beside the real reply."""
+    import torch
+
+    from core.prompting import build_prompt
+
+    rows = []
+    for k, p in enumerate(prompts):
+        prompt = build_prompt(tokenizer, persona, p["turns"], budget)
+        ids = torch.tensor([prompt.input_ids], dtype=torch.long)
+        row = {"prompt": p["turns"][-1]["content"], "real": p["real"]}
+        for label, enabled in (("base", False), ("adapter", True)):
+            torch.manual_seed(seed + k)
+            with no_grad_eval(model), _adapter(model, enabled):
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=True,
+                    temperature=0.7,
+                    top_p=0.95,
+                    top_k=50,
+                    repetition_penalty=1.1,
+                    pad_token_id=tokenizer.pad_token_id,
+                    use_cache=True,
+                )
+            row[label] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        rows.append(row)
+    return rows

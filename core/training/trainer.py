@@ -1,0 +1,226 @@
+"""One training run with transformers' Trainer: progress out, cancel in, checkpoints on disk.
+
+`fit` takes the guarded QLoRA model (core.training.qlora), tokenized train/held-out items
+and the resolved plan, and runs HF Trainer with three callbacks:
+
+- progress: every logged step (loss, learning rate, tokens/s, ETA) and every held-out
+  evaluation go to `report(dict)` (the worker writes them to the store and the log);
+- cancel: `should_stop()` is checked after every optimizer step (and micro-step), so a
+  cancel takes effect within one step;
+- checkpoints: `checkpoint-N` folders under `<run>/checkpoints`, each marked complete by
+  a `chorus_complete` file written after Trainer has finished saving it, so a kill in
+  the middle of a save never resumes from a torn checkpoint.
+
+Trainer's own evaluation puts the model in eval mode; with CPU packing disabled on the
+4-bit layers (qlora.disable_cpu_packing) that is safe, and the trainer checks after
+every evaluation that no layer was repacked.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from core.training.config import Plan, TrainConfig
+from core.training.dataset import Collator, ListDataset
+from core.training.qlora import packed_layers
+from core.training.runner import fault_point
+
+COMPLETE = "chorus_complete"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrapSprung(RuntimeError):
+    """A 4-bit layer was repacked for CPU inference during training (see qlora.py)."""
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        m = _CKPT.match(child.name)
+        if m and child.is_dir() and (child / COMPLETE).is_file():
+            found.append((int(m.group(1)), child))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint; torn ones (killed mid-save) are removed."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for child in folder.iterdir():
+            if _CKPT.match(child.name) and not (child / COMPLETE).is_file():
+                shutil.rmtree(child, ignore_errors=True)
+    done = complete_checkpoints(folder)
+    return done[-1] if done else None
+
+
+def _callbacks(report, should_stop, model, plan: Plan):
+    from transformers import TrainerCallback
+
+    class Chorus(TrainerCallback):
+        def __init__(self):
+            self.t0 = None
+            self.step0 = 0
+            self.tokens0 = 0
+            self.stopped = False
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+            self.step0 = state.global_step
+            self.tokens0 = state.num_input_tokens_seen
+            report({"event": "start", "step": state.global_step, "total_steps": state.max_steps})
+
+        def _check(self, control):
+            if should_stop():
+                self.stopped = True
+                control.should_training_stop = True
+                control.should_save = False
+                control.should_evaluate = False
+            return control
+
+        def on_substep_end(self, args, state, control, **kw):
+            return self._check(control)
+
+        def on_step_end(self, args, state, control, **kw):
+            return self._check(control)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = dict(logs or {})
+            elapsed = time.perf_counter() - self.t0
+            done = state.global_step - self.step0
+            per_step = elapsed / done if done else None
+            row = {"step": state.global_step, "total_steps": state.max_steps, "elapsed_s": round(elapsed, 2)}
+            if "loss" in logs:
+                row.update(event="train", loss=float(logs["loss"]), learning_rate=float(logs.get("learning_rate", 0.0)))
+                if "grad_norm" in logs:
+                    row["grad_norm"] = float(logs["grad_norm"])
+                tokens = state.num_input_tokens_seen - self.tokens0
+                row["tokens_per_s"] = round(tokens / elapsed, 1) if elapsed > 0 else None
+                row["s_per_step"] = round(per_step, 3) if per_step else None
+                row["eta_s"] = round(per_step * (state.max_steps - state.global_step), 1) if per_step else None
+            elif "eval_loss" in logs:
+                row.update(event="eval", eval_loss=float(logs["eval_loss"]))
+            else:
+                return
+            report(row)
+
+        def on_evaluate(self, args, state, control, **kw):
+            if packed_layers(model):
+                raise TrapSprung("a 4-bit layer was repacked during evaluation; gradients would stop flowing")
+
+        def on_save(self, args, state, control, **kw):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                fault_point("checkpoint", state.global_step)  # written, not yet marked complete
+                (folder / COMPLETE).write_text(str(state.global_step))
+                report({"event": "checkpoint", "step": state.global_step, "total_steps": state.max_steps})
+
+    return Chorus()
+
+
+def _finished_checkpoint(model, checkpoint: Path) -> dict:
+    """A run killed after its last checkpoint (while evaluating or saving the adapter) needs
+    no more training: the checkpoint holds the finished adapter. Trainer is not asked to
+    resume it, because transformers 5.23 runs one step past max_steps when resumed at the
+    last step."""
+    import json
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h][-5:]
+    step = int(state["global_step"])
+    return {
+        "stopped": False,
+        "step": step,
+        "resumed_from": step,
+        "train_loss": round(sum(losses) / len(losses), 4) if losses else None,
+        "train_loss_mean": None,
+    }
+
+
+def fit(
+    model,
+    tokenizer,
+    train_items: list[dict],
+    eval_items: list[dict],
+    plan: Plan,
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    report: Callable[[dict], None] = lambda row: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    checkpoint: Path | None = None,
+) -> dict:
+    """Train `model` (a PeftModel in train mode) per `plan`, from `checkpoint` if given
+    (see `latest_checkpoint`); returns
+    {"stopped": bool, "step": int, "resumed_from": int | None, "train_loss": float | None}."""
+    import torch
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None and int(_CKPT.match(checkpoint.name).group(1)) >= plan.steps:
+        return _finished_checkpoint(model, checkpoint)
+    use_cpu = not torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        max_steps=plan.steps,
+        per_device_train_batch_size=plan.micro_batch_size,
+        per_device_eval_batch_size=plan.micro_batch_size,
+        gradient_accumulation_steps=plan.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=plan.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=plan.optimizer,
+        logging_strategy="steps",
+        logging_steps=1,
+        eval_strategy="steps" if eval_items else "no",
+        eval_steps=plan.eval_every,
+        prediction_loss_only=True,
+        save_strategy="steps",
+        save_steps=plan.save_every,
+        save_total_limit=config.keep_checkpoints,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=use_cpu,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length",  # batches of similar lengths: less padding to compute
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+    )
+    callback = _callbacks(report, should_stop, model, plan)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ListDataset(train_items),
+        eval_dataset=ListDataset(eval_items) if eval_items else None,
+        data_collator=Collator(tokenizer.pad_token_id),
+        callbacks=[callback],
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes through `report`, not stdout
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    model.train()
+    if packed_layers(model):
+        raise TrapSprung("a 4-bit layer was repacked during training")
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h][-5:]
+    return {
+        "stopped": callback.stopped,
+        "step": trainer.state.global_step,
+        "resumed_from": int(_CKPT.match(checkpoint.name).group(1)) if checkpoint else None,
+        "train_loss": round(sum(losses) / len(losses), 4) if losses else None,  # mean of the last 5 steps
+        "train_loss_mean": float(result.training_loss) if result and result.training_loss is not None else None,
+    }
