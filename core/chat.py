@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from core.engine import AdapterRef, Engine, GenerationSettings
-from core.errors import AdapterCorrupt, AdapterIncompatible, ChorusError
+from core.errors import AdapterCorrupt, AdapterIncompatible, ChorusError, NotFound
 from core.prompting import build_prompt, fill_placeholders
 from storage.store import Store
 
@@ -51,8 +51,10 @@ class ChatService:
         row = self.store.adapters.add_version(persona_id, folder, meta)
         try:
             self.engine.ensure_adapter(AdapterRef(persona_id, self.store.adapters.folder(row), row["sha256"]))
-        except ChorusError:
-            self.store.personas.set_adapter(persona_id, previous)
+        except Exception:
+            # Some faults show only when the weights are copied in (a missing matrix):
+            # drop the new version again, so the versions list is as it was.
+            self.store.adapters.remove_version(row["id"], restore=previous)
             raise
         return row
 
@@ -97,6 +99,7 @@ class ChatService:
         text = text.strip()
         if not text:
             raise ChorusError("The message is empty; type something first.")
+        self.store.personas.get(persona_id)  # a deleted persona: NotFound before anything is saved
         path = self.store.conversations.path(conversation_id)
         parent = path[-1]["id"] if path else None
         self.store.conversations.add_message(conversation_id, "user", text, parent_id=parent)
@@ -134,6 +137,7 @@ class ChatService:
             try:
                 self.engine.ensure_adapter(adapter)
             except (AdapterCorrupt, AdapterIncompatible) as exc:
+                self._check_not_deleted(persona)
                 warning = f"{persona['name']}'s adapter could not be used, so this reply comes from the card alone: {exc}"
                 adapter = None
         return self._stream(conversation_id, persona, parent, prompt, adapter, settings, stop, warning)
@@ -145,32 +149,52 @@ class ChatService:
             yield ReplyEvent("info", info={"dropped_turns": prompt.dropped_turns})
         pieces: list[str] = []
         figures: dict = {}
+        error: ChorusError | None = None
         try:
             for piece in self.engine.stream(prompt.input_ids, adapter, settings, stop, result=figures):
                 pieces.append(piece)
                 yield ReplyEvent("delta", piece)
+        except ChorusError as exc:
+            error = exc
         finally:
-            # Saved even when the consumer stops early: what was written is kept.
+            # Saved even when the consumer stops early: what was written is kept. A reply
+            # that failed before writing anything is not saved as an empty message.
             text = "".join(pieces).strip()
-            meta = {
-                "settings": settings.as_dict(),
-                # Not filled when the consumer left before the worker finished: that is a stop too.
-                "stopped": bool(figures.get("stopped", True)),
-                "adapter_sha256": adapter.sha256 if adapter else None,
-                "dropped_turns": prompt.dropped_turns,
-            }
-            if warning:
-                meta["warning"] = warning
-            message = self.store.conversations.add_message(
-                conversation_id,
-                "assistant",
-                text,
-                parent_id=parent,
-                persona_id=persona["id"],
-                persona_name=persona["name"],
-                meta=meta,
-            )
+            if error is None or text:
+                message = self._save_reply(conversation_id, persona, parent, text, settings, figures, adapter, prompt, warning, error)
+        if error is not None:
+            self._check_not_deleted(persona)
+            raise error
         yield ReplyEvent("done", text, message=message)
+
+    def _check_not_deleted(self, persona: dict) -> None:
+        """Raise NotFound when `persona` was deleted while its reply was being prepared."""
+        try:
+            self.store.personas.get(persona["id"])
+        except NotFound:
+            raise NotFound(f"{persona['name']} was deleted while this reply was being prepared; nothing more was written.") from None
+
+    def _save_reply(self, conversation_id, persona, parent, text, settings, figures, adapter, prompt, warning, error):
+        meta = {
+            "settings": settings.as_dict(),
+            # Not filled when the consumer left before the worker finished: that is a stop too.
+            "stopped": bool(figures.get("stopped", True)),
+            "adapter_sha256": adapter.sha256 if adapter else None,
+            "dropped_turns": prompt.dropped_turns,
+        }
+        if warning:
+            meta["warning"] = warning
+        if error is not None:
+            meta["error"] = str(error)
+        return self.store.conversations.add_message(
+            conversation_id,
+            "assistant",
+            text,
+            parent_id=parent,
+            persona_id=persona["id"],
+            persona_name=persona["name"],
+            meta=meta,
+        )
 
     # added for the web UI -----------------------------------------------------
 
@@ -188,6 +212,7 @@ class ChatService:
         text = text.strip()
         if not text:
             raise ChorusError("The message is empty; type something first.")
+        self.store.personas.get(persona_id)
         original = self.store.conversations.message(message_id)
         if original["conversation_id"] != conversation_id or original["role"] != "user":
             raise ChorusError("Only your own messages in this conversation can be edited and sent again.")

@@ -15,8 +15,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from storage.db import DatabaseHandle, now
-from storage.errors import NotFound, StorageError
+from storage.db import DatabaseHandle, now, save_failed
+from storage.errors import NotFound
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -111,7 +111,7 @@ class AdapterFiles:
                 db["personas"].update(persona_id, {"adapter_id": adapter_id, "updated": now()})
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise StorageError(f"Could not save the adapter ({exc.strerror or exc}). Nothing was changed.") from None
+            raise save_failed("the adapter", exc) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             if "dest" in locals() and dest.exists() and not list(
@@ -120,6 +120,15 @@ class AdapterFiles:
                 shutil.rmtree(dest, ignore_errors=True)
             raise
         return self.get(adapter_id)
+
+    def remove_version(self, adapter_id: int, restore: int | None) -> None:
+        """Undo `add_version` when the new version turned out unusable: drop its row, point
+        the persona back at `restore`, and remove its folder."""
+        row = self.get(adapter_id)
+        with self._h.transaction() as db:
+            db["personas"].update(row["persona_id"], {"adapter_id": restore, "updated": now()})
+            db["adapters"].delete(adapter_id)
+        shutil.rmtree(self.folder(row), ignore_errors=True)
 
     def remove_persona_files(self, persona_id: str) -> None:
         shutil.rmtree(self.root / persona_id, ignore_errors=True)

@@ -6,6 +6,7 @@ WAL lets readers and the one writer work at the same time.
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -20,6 +21,18 @@ from storage.migrations import migrations
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def save_failed(what: str, exc: BaseException) -> StorageError:
+    """A write that failed on the filesystem or in SQLite, said for the user."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    text = reason.lower()
+    if getattr(exc, "errno", None) == errno.ENOSPC or "full" in text or "no space" in text:
+        return StorageError(
+            f"Could not save {what}: the disk is full ({reason}). Free some disk space and try again; "
+            "nothing saved before was changed."
+        )
+    return StorageError(f"Could not save {what} ({reason}). Nothing saved before was changed.")
 
 
 def connect(path: Path) -> Database:
@@ -62,5 +75,5 @@ class DatabaseHandle:
                 yield self.db
         except sqlite3.OperationalError as exc:
             if "full" in str(exc).lower() or "disk" in str(exc).lower():
-                raise StorageError(f"Could not save: {exc}. Free some disk space and retry; nothing was changed.") from None
+                raise save_failed("your change", exc) from None
             raise

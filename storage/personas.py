@@ -14,7 +14,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from storage.db import DatabaseHandle, now
+from storage.db import DatabaseHandle, now, save_failed
 from storage.errors import ChorusError, NotFound
 
 CARD_FIELDS = (
@@ -176,11 +176,15 @@ class PersonaRepo:
             if len(data) > MAX_AVATAR:
                 raise PersonaInvalid(f"The avatar is {len(data) / 1e6:.1f} MB; the limit is {MAX_AVATAR / 1e6:.0f} MB.")
             folder = self._home / "avatars"
-            folder.mkdir(parents=True, exist_ok=True)
             name = f"{persona_id}-{hashlib.sha256(data).hexdigest()[:12]}{ext}"
             tmp = folder / f".{name}.tmp"
-            tmp.write_bytes(data)
-            os.replace(tmp, folder / name)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
+                os.replace(tmp, folder / name)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise save_failed("the avatar", exc) from None
             rel = f"avatars/{name}"
         with self._h.transaction():
             self._table.update(persona_id, {"avatar": rel, "updated": now()})

@@ -108,4 +108,27 @@ CSS = r"""
 .ch-placeholder { padding: 16px; color: var(--body-text-color-subdued); text-align: center; }
 #ch-convlist { max-height: 40vh; overflow-y: auto; }
 #ch-personas-list { max-height: 38vh; overflow-y: auto; }
+/* Train tab */
+.ch-training { color: var(--color-accent); }
+.tr-empty { color: var(--body-text-color-subdued); padding: 8px 2px; }
+.tr-run { padding: 10px 12px; border: 1px solid var(--border-color-primary); border-radius: 10px; }
+.tr-head { display: flex; justify-content: space-between; gap: 8px; flex-wrap: wrap; }
+.tr-state { color: var(--body-text-color-subdued); }
+.tr-bar { height: 10px; margin: 8px 0 6px; border-radius: 5px; background: var(--background-fill-secondary); overflow: hidden; }
+.tr-fill { height: 100%; background: var(--color-accent); transition: width .6s ease; }
+.tr-finished .tr-fill { background: #10b981; }
+.tr-failed .tr-fill, .tr-cancelled .tr-fill { background: #9ca3af; }
+.tr-facts, .tr-sub { font-size: .85rem; color: var(--body-text-color-subdued); }
+.tr-error { color: #b91c1c; margin-top: 6px; font-size: .9rem; }
+.tr-note { margin-top: 6px; font-size: .9rem; }
+.tr-table { border-collapse: collapse; font-size: .9rem; width: 100%; }
+.tr-table th, .tr-table td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--border-color-primary); }
+.tr-verdict { font-weight: 600; margin: 6px 0; }
+.tr-samples { display: flex; flex-direction: column; gap: 10px; }
+.tr-sample { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
+.tr-prompt, .tr-cols > div { white-space: pre-wrap; overflow-wrap: anywhere; font-size: .9rem; }
+.tr-cols { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 8px; margin-top: 6px; }
+.tr-sample span { display: block; font-size: .75rem; font-weight: 600; color: var(--body-text-color-subdued); }
+.tr-s-finished { color: #059669; } .tr-s-failed { color: #b91c1c; }
+.tr-export ul { margin: 4px 0 0 18px; font-size: .85rem; }
 """

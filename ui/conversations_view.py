@@ -1,5 +1,6 @@
 """The conversation list: every saved conversation (title, personas, last activity),
-reopened exactly as saved; rename, and delete after a confirmation."""
+reopened exactly as saved; rename, export (Markdown or OpenAI JSONL), and delete after a
+confirmation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import gradio as gr
 from core.errors import ChorusError, NotFound
 from ui import notify
 from ui.assets import PICK_JS
+from ui.cards_view import CardsView
 from ui.render import md_escape
 
 
@@ -17,8 +19,9 @@ class ConversationsView:
     def __init__(self, runtime, chat_view):
         self.store = runtime.store
         self.chat = chat_view
+        self.cards = CardsView(runtime, chat_view)
 
-    def open(self, state, evt: gr.EventData):
+    def open(self, state, request: gr.Request, evt: gr.EventData):
         data = getattr(evt, "_data", None) or {}
         if data.get("act") != "open":
             return (gr.skip(),) * 6
@@ -29,11 +32,14 @@ class ConversationsView:
         except NotFound as exc:
             raise notify.error(str(exc)) from None
         state = {**self.chat.fix_state(state), "conv": conv_id}
+        before = state.get("persona")
         # Carry on with the persona who spoke last, if it still exists.
         for msg in reversed(path):
             if msg["role"] == "assistant" and self.chat.persona(msg.get("persona_id")) is not None:
                 state["persona"] = msg["persona_id"]
                 break
+        if state["persona"] != before and request is not None:
+            self.chat.sessions.note_switch(request.session_hash, self.chat.persona(state["persona"]))
         return (state, self.chat.transcript(state), self.chat.picker(state), self.chat.active(state),
                 self.chat.conv_list(state), gr.update(value=conv.get("title") or ""))
 
@@ -68,10 +74,11 @@ class ConversationsView:
     def build(self):
         c = SimpleNamespace()
         c.list = gr.HTML(elem_id="ch-convlist", js_on_load=PICK_JS)
-        with gr.Accordion("Rename or delete this conversation", open=False, elem_id="ch-conv-manage"):
+        with gr.Accordion("Rename or delete · export", open=False, elem_id="ch-conv-manage"):
             with gr.Row(equal_height=True):
                 c.title = gr.Textbox(show_label=False, placeholder="New title", scale=3, elem_id="ch-conv-title")
                 c.rename = gr.Button("Rename", size="sm", scale=1, elem_id="ch-conv-rename")
+            c.export = self.cards.build_conversation_controls()
             c.delete = gr.Button("Delete conversation", size="sm", variant="stop", elem_id="ch-conv-delete")
             with gr.Group(visible=False, elem_id="ch-conv-confirm") as c.confirm:
                 c.confirm_text = gr.Markdown()
@@ -80,7 +87,7 @@ class ConversationsView:
                     c.no = gr.Button("Cancel", size="sm", elem_id="ch-conv-no")
         return c
 
-    def wire(self, c, state, chat):
+    def wire(self, c, state, chat, new_chat=None):
         c.list.click(self.open, [state], [state, chat.transcript, chat.picker_html, chat.active, c.list, c.title],
                      show_progress="hidden")
         c.rename.click(self.rename, [c.title, state], [c.list])
@@ -88,3 +95,5 @@ class ConversationsView:
         c.delete.click(self.ask_delete, [state], [c.confirm, c.confirm_text])
         c.no.click(lambda: gr.update(visible=False), None, [c.confirm])
         c.yes.click(self.delete, [state], [state, chat.transcript, c.list, c.confirm, c.title])
+        changes = [c.list.click, c.yes.click] + ([new_chat.click] if new_chat is not None else [])
+        self.cards.wire_conversation_controls(c.export, state, *changes)

@@ -1,7 +1,8 @@
 """The Chorus page: layout and wiring. Each area lives in its own module (chat,
 conversations, personas, status); this module places them and connects them.
 
-Tabs leave room for later areas (training, card import/export): add a `gr.Tab` below.
+Tabs: Chat, Personas, Train (`ui/training_view.py`). Card import/export lives in the
+persona editor and the conversation list (`ui/cards_view.py`).
 """
 
 from __future__ import annotations
@@ -9,31 +10,35 @@ from __future__ import annotations
 import gradio as gr
 
 from ui.assets import CSS, PICK_JS
+from ui.cards_view import exports_root
 from ui.chat_view import ChatView
 from ui.conversations_view import ConversationsView
 from ui.personas_view import PersonasView
 from ui.session import Sessions, new_state
-from ui.status import status_html
+from ui.status import note_pick, note_shown, status_html
+from ui.training_view import TrainingView
 
 STATUS_EVERY_S = 2.0
 
 
 def launch_options(runtime) -> dict:
-    """What `launch()` needs for this page: its CSS, and the avatar folder it may serve."""
-    avatars = runtime.store.home / "avatars"
-    avatars.mkdir(parents=True, exist_ok=True)
-    return {"css": CSS, "allowed_paths": [str(avatars)]}
+    """What `launch()` needs for this page: its CSS, and the folders it may serve (avatars, exports)."""
+    folders = [runtime.store.home / "avatars", exports_root(runtime.store.home)]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return {"css": CSS, "allowed_paths": [str(f) for f in folders]}
 
 
 def build(runtime) -> gr.Blocks:
-    sessions = Sessions()  # per-app, keyed by session: stop flags for streaming replies
+    sessions = Sessions()  # per-app, keyed by session: stop flags, last persona switch
     chat = ChatView(runtime, sessions)
     convs = ConversationsView(runtime, chat)
     personas = PersonasView(runtime, chat)
+    training = TrainingView(runtime, chat, personas)
 
-    def status():
+    def status(request: gr.Request = None):
         names = {p["id"]: p["name"] for p in runtime.store.personas.list()}
-        return status_html(runtime, names)
+        return status_html(runtime, names, sessions.last_switch(getattr(request, "session_hash", None)))
 
     with gr.Blocks(title="Chorus", analytics_enabled=False) as demo:
         state = gr.State(new_state(None))
@@ -55,12 +60,17 @@ def build(runtime) -> gr.Blocks:
                         c.picker_html = picker
             with gr.Tab("Personas", id="personas", elem_id="tab-personas"):
                 pv = personas.build()
-            # Later issues add their tabs here (training, import/export).
+            with gr.Tab("Train", id="train", elem_id="tab-train") as train_tab:
+                tv = training.build()
 
         chat.wire(c, state, picker, cv.list)
         new_chat.click(chat.new_chat, [state], [state, c.transcript, cv.list, c.box])
-        convs.wire(cv, state, c)
+        picker.click(note_pick(sessions, chat), None, None, queue=False, show_progress="hidden")
+        convs.wire(cv, state, c, new_chat)
         personas.wire(pv, state, tabs, c, cv.list)
+        training.wire(tv, state, tabs, c, cv.list)
+        train_tab.select(lambda: gr.update(choices=training.targets()), None, tv.target, queue=False)
         timer.tick(status, None, status_box, show_progress="hidden", queue=False)
+        demo.load(note_shown(sessions, chat), [state], None, queue=False, show_progress="hidden")
         demo.load(chat.refresh, [state], [state, c.transcript, picker, c.active, cv.list], show_progress="hidden")
     return demo

@@ -1,6 +1,7 @@
 """The persona editor: create, edit and delete personas (card fields, avatar) and attach
-or remove a LoRA adapter. An adapter is checked against the running model before
-anything is saved, so a refused adapter leaves the persona exactly as it was."""
+or remove a LoRA adapter; import a character card, export a persona (`ui/cards_view.py`).
+An adapter is checked against the running model before anything is saved, so a refused
+adapter leaves the persona exactly as it was."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import gradio as gr
 
 from core.errors import ChorusError, NotFound
 from ui import notify, uploads
+from ui.cards_view import NEW, CardsView
 from ui.render import md_escape
 
-NEW = "__new__"
 FIELDS = ("name", "tagline", "description", "personality", "scenario", "greeting", "example_dialogue", "system_prompt")
 
 
@@ -21,6 +22,7 @@ class PersonasView:
         self.runtime = runtime
         self.store = runtime.store
         self.chat = chat_view
+        self.cards = CardsView(runtime, chat_view, choices=self.choices)
 
     def choices(self) -> list[tuple[str, str]]:
         return [("+ New persona", NEW)] + [(p["name"], p["id"]) for p in self.store.personas.list()]
@@ -48,7 +50,7 @@ class PersonasView:
         exists = persona is not None
         return (*values, str(avatar) if avatar else None, False, None, self.adapter_info(persona),
                 gr.update(visible=exists), gr.update(visible=exists and bool(persona.get("adapter_id"))),
-                gr.update(visible=exists), gr.update(visible=False))
+                gr.update(visible=exists), gr.update(visible=False), gr.update(visible=exists))
 
     def _check_adapter(self, files):
         """Unpack and check an uploaded adapter against the model; returns its folder or None."""
@@ -96,7 +98,7 @@ class PersonasView:
         state = self.chat.fix_state(state)
         return (gr.update(choices=self.choices(), value=persona["id"]), self.adapter_info(persona), None, False,
                 gr.update(visible=True), gr.update(visible=bool(persona.get("adapter_id"))), gr.update(visible=True),
-                self.chat.picker(state), self.chat.active(state))
+                self.chat.picker(state), self.chat.active(state), gr.update(visible=True))
 
     def remove_adapter(self, persona_id, state):
         if not persona_id or persona_id == NEW:
@@ -135,11 +137,15 @@ class PersonasView:
         return (gr.update(choices=self.choices(), value=NEW), gr.update(visible=False), state,
                 self.chat.picker(state), self.chat.active(state), self.chat.transcript(state))
 
-    def start_chat(self, persona_id, state):
+    def start_chat(self, persona_id, state, request: gr.Request):
         """The greeting opens a new conversation with this persona, in the Chat tab."""
-        if self.chat.persona(persona_id) is None:
+        persona = self.chat.persona(persona_id)
+        if persona is None:
             raise notify.error("Save the persona first.")
-        state = {**self.chat.fix_state(state), "conv": None, "persona": persona_id}
+        state = self.chat.fix_state(state)
+        if state.get("persona") != persona_id and request is not None:
+            self.chat.sessions.note_switch(request.session_hash, persona)
+        state = {**state, "conv": None, "persona": persona_id}
         return (state, gr.Tabs(selected="chat"), self.chat.transcript(state), self.chat.picker(state),
                 self.chat.active(state), self.chat.conv_list(state))
 
@@ -155,6 +161,7 @@ class PersonasView:
                 c.files = gr.File(label="Attach a LoRA adapter: a zip, or adapter_config.json + adapter_model.safetensors",
                                   file_count="multiple", file_types=[".zip", ".json", ".safetensors"], elem_id="pe-files")
                 c.remove_adapter = gr.Button("Remove adapter", size="sm", visible=False, elem_id="pe-remove-adapter")
+                c.cards = self.cards.build_persona_controls()
             with gr.Column(scale=3):
                 c.name = gr.Textbox(label="Name", max_lines=1, elem_id="pe-name")
                 c.tagline = gr.Textbox(label="One-line description (shown in the persona picker)", max_lines=1,
@@ -182,12 +189,12 @@ class PersonasView:
     def wire(self, c, state, tabs, chat, convlist):
         fields = [getattr(c, f) for f in FIELDS]
         c.pick.change(self.load, [c.pick], [*fields, c.avatar, c.avatar_dirty, c.files, c.adapter_info,
-                                            c.delete, c.remove_adapter, c.chat, c.confirm])
+                                            c.delete, c.remove_adapter, c.chat, c.confirm, c.cards.export_group])
         c.avatar.upload(lambda: True, None, c.avatar_dirty)
         c.avatar.clear(lambda: True, None, c.avatar_dirty)
         c.save.click(self.save, [c.pick, *fields, c.avatar, c.avatar_dirty, c.files, state],
                      [c.pick, c.adapter_info, c.files, c.avatar_dirty, c.delete, c.remove_adapter, c.chat,
-                      chat.picker_html, chat.active],
+                      chat.picker_html, chat.active, c.cards.export_group],
                      concurrency_id="generate")
         c.remove_adapter.click(self.remove_adapter, [c.pick, state], [c.adapter_info, c.remove_adapter, chat.picker_html],
                                concurrency_id="generate")
@@ -196,3 +203,4 @@ class PersonasView:
         c.yes.click(self.delete, [c.pick, state], [c.pick, c.confirm, state, chat.picker_html, chat.active, chat.transcript],
                     concurrency_id="generate")
         c.chat.click(self.start_chat, [c.pick, state], [state, tabs, chat.transcript, chat.picker_html, chat.active, convlist])
+        self.cards.wire_persona_controls(c.cards, c.pick, state, chat.picker_html)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from pathlib import Path
 
 from core.errors import ChorusError
 from core.runtime import Runtime, RuntimeOptions
@@ -29,20 +30,55 @@ def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
     return [(user, password)]
 
 
+def read_auth_file(path: str | None) -> list[tuple[str, str]] | None:
+    """Logins from a file of `user:pass` lines (blank lines and `#` comments skipped)."""
+    if not path:
+        return None
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChorusError(f"The --auth-file {path} cannot be read ({getattr(exc, 'strerror', None) or exc}).") from None
+    logins = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            raise ChorusError(f"Line {n} of the --auth-file {path} must look like user:pass (both non-empty).")
+        logins.append((user, password))
+    if not logins:
+        raise ChorusError(f"The --auth-file {path} holds no user:pass line.")
+    return logins
+
+
+def logins(args) -> list[tuple[str, str]] | None:
+    """Every login from --auth and --auth-file together (None: no login required)."""
+    found = (parse_auth(args.auth) or []) + (read_auth_file(getattr(args, "auth_file", None)) or [])
+    return found or None
+
+
+def start_message(host: str, port: int, auth) -> str:
+    where = f"http://{host}:{port}/"
+    if auth:
+        return f"Chorus is listening on {where}; a login is required ({len(auth)} user{'s' if len(auth) > 1 else ''})."
+    return f"Chorus is listening on {where} (this machine only; no login)."
+
+
 def serve(args) -> int:
-    auth = parse_auth(args.auth)
+    auth = logins(args)
     if not is_loopback(args.host) and auth is None:
         raise ChorusError(
             f"Listening on {args.host} would let other machines reach your chats. "
-            "Add --auth USER:PASS to require a login, or leave out --host to stay on 127.0.0.1."
+            "Add --auth USER:PASS or --auth-file PATH to require a login, or leave out --host to stay on 127.0.0.1."
         )
     runtime = Runtime(RuntimeOptions(model=args.model, max_resident_adapters=args.max_resident_adapters))
     runtime.load_in_background()
+    runtime.watch_training()
     from ui.page import build, launch_options
 
     demo = build(runtime)
-    if auth:
-        print(f"Chorus is listening on {args.host}:{args.port}; a login is required.", file=sys.stderr)
+    print(start_message(args.host, args.port, auth), file=sys.stderr, flush=True)
     demo.queue(default_concurrency_limit=8).launch(
         server_name=args.host, server_port=args.port, auth=auth, inbrowser=False, show_error=False,
         **launch_options(runtime),

@@ -3,12 +3,16 @@
 `gr.State` holds what a session shows (its conversation and persona) as a small dict.
 A stop flag is a `threading.Event`, which must be the same object for the streaming
 handler and the Stop button, so it lives here, keyed by Gradio's session hash, in an
-object that `ui.page.build()` creates (one per app, never a module global).
+object that `ui.page.build()` creates (one per app, never a module global). So does the
+time this session last switched persona, which the status line shows.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+
+MAX_SWITCHES = 1000  # sessions remembered for the status line; the oldest are forgotten first
 
 
 def new_state(persona_id: str | None) -> dict:
@@ -21,6 +25,8 @@ class Sessions:
         self._lock = threading.Lock()
         self._stops: dict[str, threading.Event] = {}
         self._busy: dict[str, int] = {}
+        self._switches: dict[str, dict] = {}  # session -> its last persona switch
+        self._shown: dict[str, str | None] = {}  # session -> the persona it shows
 
     def begin(self, session: str) -> threading.Event:
         """A fresh stop flag for a reply this session is about to stream."""
@@ -50,3 +56,31 @@ class Sessions:
             return False
         event.set()
         return True
+
+    def note_shown(self, session: str, persona_id: str | None) -> None:
+        """Remember the persona a session shows without counting it as a switch (page load)."""
+        with self._lock:
+            self._shown.pop(session, None)
+            self._shown[session] = persona_id
+            while len(self._shown) > MAX_SWITCHES:
+                del self._shown[next(iter(self._shown))]
+
+    def shown(self, session: str) -> str | None:
+        with self._lock:
+            return self._shown.get(session)
+
+    def note_switch(self, session: str, persona: dict) -> None:
+        """Remember that this session switched to `persona` (a store row) just now."""
+        with self._lock:
+            self._switches.pop(session, None)
+            self._switches[session] = {"persona": persona["id"], "name": persona["name"],
+                                       "bare": not persona.get("adapter_id"), "at": time.time()}
+            while len(self._switches) > MAX_SWITCHES:
+                del self._switches[next(iter(self._switches))]
+        self.note_shown(session, persona["id"])
+
+    def last_switch(self, session: str | None) -> dict | None:
+        """{persona, name, bare, at} of this session's last persona switch, or None."""
+        with self._lock:
+            found = self._switches.get(session) if session else None
+            return dict(found) if found else None
