@@ -158,9 +158,13 @@ class TrainingView:
         if finished_now:
             notify.info(f"{st.get('persona_name') or st['speaker']} is trained and ready to chat.")
             picker = self.chat.picker(self.chat.fix_state(state))
+        progress = progress_html(st)
+        if svc is None:
+            progress = ('<div class="tr-empty">The model is loading; training uses it, so runs show here once it is '
+                        "ready. You can upload an export and fill in the form meanwhile.</div>")
         return (
             tstate,
-            progress_html(st),
+            progress,
             plot,
             evaluation,
             gr.update(visible=state_now in ("queued", "running")),

@@ -1,0 +1,64 @@
+"""The Train tab's HTML: progress, evaluation and the runs list, from status dicts as
+`TrainingService.status` returns them. Text from exports and from the model is escaped."""
+
+from ui.training_render import duration, evaluation_html, export_summary, progress_html, runs_html
+from ui.training_view import loss_frame
+
+EVIL = '<img src=x onerror="alert(1)">'
+
+
+def status(**over):
+    st = {
+        "id": "r1", "state": "running", "stage": "training", "speaker": EVIL, "persona_name": "Rosa",
+        "step": 5, "total_steps": 20, "fraction": 0.25, "loss": 1.23456, "tokens_per_s": 120.4,
+        "eta_s": 150, "error": None, "resumable": False, "created": "2026-11-30T09:00:00+00:00",
+        "evaluation": {}, "history": {"train": [], "eval": []},
+    }
+    st.update(over)
+    return st
+
+
+def test_progress_shows_step_loss_speed_and_time_left():
+    html = progress_html(status())
+    assert 'data-state="running"' in html and "width:25.0%" in html
+    assert "step 5 of 20" in html and "loss 1.235" in html and "120 tokens/s" in html and "about 2 min 30 s left" in html
+    assert "<img" not in html and "&lt;img" in html
+
+
+def test_progress_per_state():
+    assert "width:100.0%" in progress_html(status(state="finished", fraction=1.0, eta_s=None))
+    assert "Starting: loading the model" in progress_html(status(state="queued", stage="loading the model", step=0, total_steps=0))
+    failed = progress_html(status(state="failed", error=f"stopped {EVIL}", resumable=True))
+    assert "tr-error" in failed and "<img" not in failed
+    assert "No adapter was written" in progress_html(status(state="cancelled"))
+    assert "No training yet" in progress_html(None)
+
+
+def test_evaluation_shows_perplexity_before_after_and_escaped_samples():
+    ev = {
+        "before": {"loss": 3.8, "perplexity": 44.7, "examples": 12},
+        "after": {"loss": 0.4, "perplexity": 1.49, "examples": 12},
+        "samples": [{"prompt": EVIL, "real": "<script>x()</script>", "base": "b", "adapter": "a"}],
+    }
+    html = evaluation_html(status(state="finished", evaluation=ev))
+    assert "44.70" in html and "1.49" in html and "30.0× better" in html
+    assert html.count('class="tr-sample"') == 1
+    assert "<script>" not in html and "<img" not in html
+    assert evaluation_html(status()) == ""  # nothing measured yet
+
+
+def test_runs_list_and_export_summary_escape_names():
+    runs = runs_html([status(state="finished", evaluation={"before": {"perplexity": 40.0}, "after": {"perplexity": 2.0}}),
+                      status(id="r2", state="failed", error="killed")])
+    assert runs.count("<tr data-run=") == 2 and "perplexity 40.0 → 2.0" in runs and "killed" in runs
+    assert "<img" not in runs
+    summary = export_summary({"format": "telegram", "format_label": "Telegram Desktop JSON", "messages": 1234,
+                              "notes": [EVIL], "speakers": [{"name": EVIL, "messages": 1000}, {"name": "Tom", "messages": 234}]})
+    assert "1,234 messages from 2 speakers" in summary and "Tom (234)" in summary and "<img" not in summary
+
+
+def test_duration_and_loss_frame():
+    assert [duration(s) for s in (None, 42, 150, 7260)] == ["?", "42 s", "2 min 30 s", "2 h 01 min"]
+    frame = loss_frame({"train": [[1, 2.0], [2, 1.5]], "eval": [[0, 3.0]]})
+    assert list(frame.columns) == ["step", "loss", "series"]
+    assert sorted(set(frame["series"])) == ["held-out", "training"] and len(frame) == 3
