@@ -82,8 +82,8 @@ def evaluation_html(st: dict | None) -> str:
     n = before.get("examples")
     head = (
         f'<div class="tr-eval"><h4>Held-out evaluation</h4><p class="tr-sub">How well the model predicts '
-        f"{esc(st['speaker'])}'s real replies in the {esc(n)} most recent conversations, which training never saw "
-        "(lower is better).</p>"
+        f"{esc(st['speaker'])}'s real replies in the most recent part of the export ({esc(n)} "
+        f"example{'' if n == 1 else 's'}), which training never saw (lower is better).</p>"
         f'<table class="tr-table"><tr><th></th><th>loss</th><th>perplexity</th></tr>{table}</table>'
     )
     if after and before.get("perplexity"):

@@ -146,7 +146,7 @@ class TrainingView:
         finished_now = bool(st) and st["state"] == "finished" and tstate.get("run_state") not in (None, "finished") \
             and tstate.get("run_state_of") == st["id"]
 
-        plot = gr.skip() if plot_key == tstate.get("plot") else loss_frame(hist)
+        plot = gr.skip() if plot_key == tstate.get("plot") else (loss_frame(hist) if plot_key[1] or plot_key[2] else None)
         evaluation = gr.skip() if ev == tstate.get("eval") else ev
         runs_out = gr.skip() if runs_key == tstate.get("runs") else runs_html(runs)
         pick = gr.skip() if runs_key == tstate.get("runs") else gr.update(choices=[run_choice(r) for r in runs], value=tstate.get("run"))
@@ -245,7 +245,9 @@ class TrainingView:
                     c.cancel = gr.Button("Cancel", variant="stop", size="sm", visible=False, elem_id="tr-cancel")
                     c.resume = gr.Button("Resume from the last checkpoint", size="sm", visible=False, elem_id="tr-resume")
                     c.chat = gr.Button("Chat", variant="primary", size="sm", visible=False, elem_id="tr-chat")
-                c.plot = gr.LinePlot(loss_frame({"train": [], "eval": []}), x="step", y="loss", color="series",
+                # Starts without a value: a plot first drawn from an empty frame (Gradio 6.31)
+                # never draws the lines of later updates.
+                c.plot = gr.LinePlot(None, x="step", y="loss", color="series",
                                      title="Loss (training and held-out)", height=260, elem_id="tr-plot",
                                      color_map={"training": "#6366f1", "held-out": "#f59e0b"})
                 c.evaluation = gr.HTML(elem_id="tr-eval")
@@ -276,7 +278,14 @@ class TrainingView:
 
 
 def loss_frame(history: dict) -> pd.DataFrame:
-    """Rows of (step, loss, series) for the plot: the training loss and the held-out loss."""
-    rows = [(s, loss, "training") for s, loss in history.get("train", [])]
-    rows += [(s, loss, "held-out") for s, loss in history.get("eval", [])]
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    """Rows of (step, loss, series) for the plot: the training loss and the held-out loss.
+
+    Both series are always present (a NaN row stands in for one without points yet): the
+    plot fixes its colours and legend from the series of the first data it draws."""
+    rows = []
+    for key, series in (("train", "training"), ("eval", "held-out")):
+        points = history.get(key) or [(0, float("nan"))]
+        rows += [(s, loss, series) for s, loss in points]
+    # Explicit dtypes: columns of an empty frame are "object", which the plot reads as categories.
+    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
+    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})

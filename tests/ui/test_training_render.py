@@ -62,3 +62,5 @@ def test_duration_and_loss_frame():
     frame = loss_frame({"train": [[1, 2.0], [2, 1.5]], "eval": [[0, 3.0]]})
     assert list(frame.columns) == ["step", "loss", "series"]
     assert sorted(set(frame["series"])) == ["held-out", "training"] and len(frame) == 3
+    early = loss_frame({"train": [], "eval": [[0, 3.0]]})  # before the first step: both series, one without points
+    assert sorted(set(early["series"])) == ["held-out", "training"] and early["loss"].isna().sum() == 1

@@ -50,11 +50,14 @@ def _number(page, key, value):
     box = page.locator(f"#tr-{key} input[type=number]")
     box.fill(str(value))
     box.press("Tab")
+    expect(box).to_have_value(str(value))
 
 
 def _settings(page, steps):
     if not page.locator("#tr-max_steps").is_visible():
         page.locator("#tr-advanced").get_by_text("Advanced settings").click()
+    expect(page.locator("#tr-max_steps input[type=number]")).to_be_visible()
+    page.wait_for_timeout(300)  # the fold's inputs are re-rendered once as it opens
     _number(page, "max_steps", steps)
     _number(page, "batch_size", 2)
     _number(page, "max_seq_len", 64)
@@ -87,7 +90,11 @@ def test_train_watch_evaluate_and_chat(chat_page, tmp_path):
     expect(page.locator("#tr-progress .tr-run[data-state=finished]")).to_have_count(1, timeout=240_000)
 
     expect(page.locator("#tr-progress .tr-fill")).to_have_attribute("style", "width:100.0%")
-    expect(page.locator("#tr-plot canvas, #tr-plot svg").first).to_be_visible()
+    expect(page.locator("#tr-progress")).to_contain_text("step 4 of 4")  # the advanced settings were used
+    plot = page.locator("#tr-plot")
+    expect(plot.locator(".mark-line path")).to_have_count(2)  # the training and the held-out curve, drawn
+    expect(plot.locator(".role-legend")).to_contain_text("held-out")
+    expect(plot.locator(".role-legend")).to_contain_text("training")
     ev = page.locator("#tr-eval")
     expect(ev).to_contain_text("Held-out evaluation")
     expect(ev).to_contain_text("With the adapter")
