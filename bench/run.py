@@ -1,15 +1,23 @@
-"""Foundation benchmark on the embedded model: switching, cold loads, reload, memory, decode.
+"""Benchmark on the embedded model: Chorus's serving paths beside stock peft, in one process.
 
     python bench/run.py --json
 
-Prints one JSON object (see the README for what each key means). Figures are medians over
-repeats; these machines are noisy, so compare ratios taken within one run.
+Prints one JSON object (docs/performance.md says what each key means). Both paths run on
+their own NF4 copy of the same model, with the same rank-16 adapters on all linear layers,
+the same prompt, greedy decoding and the same CPU-thread policy; decode and group figures
+are taken in interleaved rounds (Chorus, peft, Chorus, peft...) and reported as medians, so
+that the ratios of one run compare like with like on a noisy machine. `*_peft` keys are stock
+peft (`load_adapter`, `set_adapter`, `disable_adapter`, `adapter_names` mixed batches);
+`tokens_match_peft` says whether the Chorus path produced exactly the stock path's tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
+import random
 import statistics
 import sys
 import tempfile
@@ -18,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.engine import AdapterRef, Engine, GenerationSettings  # noqa: E402
-from core.model_source import EMBEDDED_NAME, resolve_model  # noqa: E402
+from core.engine import AdapterRef, DecodeThreads, Engine, GenerationSettings  # noqa: E402
+from core.model_source import resolve_model  # noqa: E402
 from core.runtime import quiet_libraries  # noqa: E402
 from core.synthetic import ALL_LINEAR, make_random_adapter  # noqa: E402
 from storage.paths import chorus_home  # noqa: E402
@@ -31,25 +39,24 @@ def pct(values, q):
     return values[k]
 
 
-def decode_tok_s(engine, ids, adapter, tokens, repeats):
-    rates = []
-    for _ in range(repeats):
-        s = GenerationSettings(temperature=0, max_new_tokens=tokens, min_new_tokens=tokens, seed=0, repetition_penalty=1.0)
-        engine.generate(ids, adapter, s)
-        rates.append(engine.last_generation["tokens"] / engine.last_generation["seconds"])
-    return statistics.median(rates)
+def med(values):
+    return statistics.median(values)
 
 
-def ttft_ms(engine, ids, adapter, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        stream = engine.stream(ids, adapter, GenerationSettings(temperature=0, max_new_tokens=4, min_new_tokens=4, seed=0))
-        next(stream)
-        times.append((time.perf_counter() - t0) * 1000)
-        for _ in stream:
+def rss_bytes(trim: bool = False) -> int:
+    """Resident memory; with trim, after handing freed heap back to the OS first, so that
+    memory freed earlier (and reused by what is measured) does not hide growth."""
+    import psutil
+
+    if trim:
+        gc.collect()
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
             pass
-    return statistics.median(times)
+    return psutil.Process().memory_info().rss
 
 
 def switch_ms(engine, ref) -> float:
@@ -59,12 +66,6 @@ def switch_ms(engine, ref) -> float:
     with engine._lock:
         engine._activate(name)
     return (time.perf_counter() - t0) * 1000
-
-
-def rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 1e6
 
 
 def clone_adapter(src: Path, dest: Path, seed: int) -> Path:
@@ -81,58 +82,84 @@ def clone_adapter(src: Path, dest: Path, seed: int) -> Path:
     return dest
 
 
-def stock_peft(source, adapters, ids, args, log) -> dict:
-    """The same measurements through peft's own API on a second NF4 copy of the model."""
+class Stock:
+    """Stock peft on its own NF4 copy: the path Chorus is compared with."""
+
+    def __init__(self, source, adapters, threads):
+        from peft import PeftModel
+
+        from core.loader import load_base
+
+        self.model, self.tok, _ = load_base(source)
+        self.threads = DecodeThreads(self.model, threads.decode, threads.prefill)
+        self.peft = PeftModel.from_pretrained(self.model, str(adapters[0]), adapter_name="p0")
+        for i, a in enumerate(adapters[1:4], start=1):
+            self.peft.load_adapter(str(a), adapter_name=f"p{i}")
+        self.peft.eval()
+
+    def generate(self, batch, mask, tokens, **extra):
+        import torch
+
+        with torch.inference_mode(), self.threads.active():
+            return self.peft.generate(input_ids=batch, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
+                                      do_sample=False, pad_token_id=self.tok.pad_token_id, **extra)
+
+    def decode(self, ids, adapter, tokens):
+        """(tokens/s, text) of one greedy reply; adapter None: the bare base."""
+        import contextlib
+
+        import torch
+
+        x = torch.tensor([ids])
+        if adapter is not None:
+            self.peft.set_adapter(adapter)
+        ctx = self.peft.disable_adapter() if adapter is None else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        with ctx:
+            out = self.generate(x, torch.ones_like(x), tokens)
+        rate = (out.shape[1] - x.shape[1]) / (time.perf_counter() - t0)
+        return rate, self.tok.decode(out[0, x.shape[1]:], skip_special_tokens=True)
+
+
+def step_ms(model, ids, threads, steps=16) -> float:
+    """Median milliseconds of one-token forward steps through the KV cache, without
+    generate()'s own per-token work (logits processors, streamer): the model alone."""
     import torch
-    from peft import PeftModel
 
-    from core.loader import load_base
-
-    model, tok, _ = load_base(source)
-    peft_model = PeftModel.from_pretrained(model, str(adapters[0]), adapter_name="p0")
-    for i, a in enumerate(adapters[1:4], start=1):
-        peft_model.load_adapter(str(a), adapter_name=f"p{i}")
-    peft_model.eval()
-    log("stock peft: resident switches...")
-    switch = []
-    for i in range(args.switches):
-        t0 = time.perf_counter()
-        peft_model.set_adapter(f"p{i % 4}")
-        switch.append((time.perf_counter() - t0) * 1000)
-    log("stock peft: cold loads...")
-    cold = []
-    for i in range(args.cold_loads):
-        t0 = time.perf_counter()
-        peft_model.load_adapter(str(adapters[4 + i % 2]), adapter_name="cold")
-        peft_model.set_adapter("cold")
-        cold.append((time.perf_counter() - t0) * 1000)
-        peft_model.set_adapter("p0")
-        peft_model.delete_adapter("cold")
-    log("stock peft: decode...")
     x = torch.tensor([ids])
-
-    def rate():
-        rates = []
-        for _ in range(args.repeats):
+    times = []
+    with torch.inference_mode(), threads.active():
+        out = model(input_ids=x, use_cache=True)
+        for _ in range(steps):
+            nxt = out.logits[:, -1:].argmax(-1)
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                out = peft_model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=args.decode_tokens,
-                                          min_new_tokens=args.decode_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-            rates.append((out.shape[1] - x.shape[1]) / (time.perf_counter() - t0))
-        return statistics.median(rates)
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+            times.append((time.perf_counter() - t0) * 1000)
+    return med(times)
 
-    peft_model.set_adapter("p0")
-    with_adapter = rate()
-    with peft_model.disable_adapter():
-        base = rate()
-    return {
-        "switch_resident_ms_p50_peft": round(pct(switch, 50), 3),
-        "switch_resident_ms_p99_peft": round(pct(switch, 99), 3),
-        "adapter_cold_load_ms_p50_peft": round(pct(cold, 50), 1),
-        "decode_tok_s_base_peft": round(base, 1),
-        "decode_tok_s_adapter_peft": round(with_adapter, 1),
-        "decode_ratio_peft": round(with_adapter / base, 3),
-    }
+
+def chorus_steps(engine, ids, ref) -> float:
+    with engine._lock:
+        engine._activate(engine.ensure_adapter(ref) if ref is not None else None)
+        try:
+            return step_ms(engine.model, ids, engine.threads)
+        finally:
+            engine.pool.fast.forget_input()
+
+
+def stock_steps(stock, ids, adapter) -> float:
+    import contextlib
+
+    if adapter is not None:
+        stock.peft.set_adapter(adapter)
+    with stock.peft.disable_adapter() if adapter is None else contextlib.nullcontext():
+        return step_ms(stock.peft, ids, stock.threads)
+
+
+def chorus_decode(engine, ids, ref, tokens):
+    s = GenerationSettings(temperature=0, max_new_tokens=tokens, min_new_tokens=tokens, seed=0, repetition_penalty=1.0)
+    text = engine.generate(ids, ref, s)
+    return engine.last_generation["tokens"] / engine.last_generation["seconds"], text
 
 
 def main(argv=None) -> int:
@@ -142,12 +169,14 @@ def main(argv=None) -> int:
     parser.add_argument("--switches", type=int, default=200)
     parser.add_argument("--cold-loads", type=int, default=10)
     parser.add_argument("--decode-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--group-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds for decode and group figures")
     parser.add_argument("--drift-switches", type=int, default=1000)
     parser.add_argument("--skip-peft", action="store_true", help="leave out the stock peft comparison")
     args = parser.parse_args(argv)
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
     quiet_libraries()
+    import torch
 
     source = resolve_model(args.model, chorus_home(), progress=lambda m: log(m))
     work = Path(tempfile.mkdtemp(prefix="chorus-bench-"))
@@ -157,7 +186,7 @@ def main(argv=None) -> int:
         for i in range(4)
     ]
     adapters += [clone_adapter(adapters[i % 4], work / f"p{i}", seed=i) for i in range(4, 20)]
-    adapter_mb = (adapters[0] / "adapter_model.safetensors").stat().st_size / 1e6
+    file_bytes = (adapters[0] / "adapter_model.safetensors").stat().st_size
 
     log("loading bf16 for the footprint comparison...")
     bf16 = Engine.load(source, quantize=False)
@@ -165,91 +194,196 @@ def main(argv=None) -> int:
     del bf16
 
     log("loading NF4 (timed: what a switch by reloading would cost)...")
-    reloads = []
-    engine = None
-    for _ in range(2):
-        t0 = time.perf_counter()
-        engine = Engine.load(source, max_resident=8)
-        reloads.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    engine = Engine.load(source, max_resident=8)
+    full_reload_s = time.perf_counter() - t0
     refs = [AdapterRef(f"p{i}", a) for i, a in enumerate(adapters)]
     prompt = engine.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Write a long story about a lighthouse keeper."}], add_generation_prompt=True, tokenize=True
     )
     ids = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
     engine.generate(ids, None, GenerationSettings(temperature=0, max_new_tokens=4, seed=0))  # warm-up (packs 4-bit weights)
-    rss0 = rss_mb()
-    for r in refs[:8]:
-        engine.ensure_adapter(r)
-    per_adapter_mb = (rss_mb() - rss0) / 8
 
-    log("cold loads...")
-    cold = []
+    log("memory of resident adapters...")
+    engine.ensure_adapter(refs[0])  # the first one also wraps 210 modules in peft layers, once
+    rss1 = rss_bytes(trim=True)
+    for r in refs[1:8]:
+        engine.ensure_adapter(r)
+    rss8 = rss_bytes(trim=True)
+    tensor_bytes = engine.pool.resident_bytes()
+
+    log("cold loads (first sight of a file, then reloads of evicted ones)...")
+    first, cold = [], []
+    for r in refs[8:12]:  # never loaded: sha256 and the full check run
+        engine.forget(engine.resident()[0])
+        first.append(switch_ms(engine, r))
     for i in range(args.cold_loads):
         r = refs[8 + i % 2]
         engine.forget(r.persona_id)
         cold.append(switch_ms(engine, r))
 
     log("resident switches...")
-    switch = [switch_ms(engine, refs[i % 4]) for i in range(args.switches)]
-
-    log("decode...")
-    base = decode_tok_s(engine, ids, None, args.decode_tokens, args.repeats)
-    with_adapter = decode_tok_s(engine, ids, refs[0], args.decode_tokens, args.repeats)
-
-    log("group of 4 personas...")
-    fixed = GenerationSettings(temperature=0, max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens, seed=0)
-    group = [(ids, refs[i]) for i in range(4)]
     for r in refs[:4]:
         engine.ensure_adapter(r)
-    t0 = time.perf_counter()
-    for i, r in group:
-        engine.generate(i, r, fixed)
-    sequential_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    engine.generate_group(group, fixed)
-    group_s = time.perf_counter() - t0
+    switch = [switch_ms(engine, refs[i % 4]) for i in range(args.switches)]
+
+    stock = None
+    if not args.skip_peft:
+        log("stock peft: loading its own NF4 copy...")
+        stock = Stock(source, adapters, engine.threads)
+        stock.decode(ids, "p0", 4)  # warm-up
+        log("stock peft: resident switches...")
+        peft_switch = []
+        for i in range(args.switches):
+            t0 = time.perf_counter()
+            stock.peft.set_adapter(f"p{i % 4}")
+            peft_switch.append((time.perf_counter() - t0) * 1000)
+
+    log("decode, interleaved rounds...")
+    rates = {}
+    texts = {}
+    for _ in range(args.repeats):
+        for key, run in (
+            ("base", lambda: chorus_decode(engine, ids, None, args.decode_tokens)),
+            ("adapter", lambda: chorus_decode(engine, ids, refs[0], args.decode_tokens)),
+            ("base_peft", lambda: stock.decode(ids, None, args.decode_tokens)),
+            ("adapter_peft", lambda: stock.decode(ids, "p0", args.decode_tokens)),
+        ):
+            if key.endswith("_peft") and stock is None:
+                continue
+            rate, texts[key] = run()
+            rates.setdefault(key, []).append(rate)
+    rate = {k: med(v) for k, v in rates.items()}
+    steps = {}
+    for _ in range(args.repeats):
+        for key, run in (
+            ("base", lambda: chorus_steps(engine, ids, None)),
+            ("adapter", lambda: chorus_steps(engine, ids, refs[0])),
+            ("base_peft", lambda: stock_steps(stock, ids, None)),
+            ("adapter_peft", lambda: stock_steps(stock, ids, "p0")),
+        ):
+            if key.endswith("_peft") and stock is None:
+                continue
+            steps.setdefault(key, []).append(run())
+    step = {k: med(v) for k, v in steps.items()}
+
+    log("group of 4 personas, interleaved rounds...")
+    fixed = GenerationSettings(temperature=0, max_new_tokens=args.group_tokens, min_new_tokens=args.group_tokens, seed=0, repetition_penalty=1.0)
+    group = [(ids, refs[i]) for i in range(4)]
+    seconds = {}
+    batch = torch.tensor([ids] * 4)
+    for r in refs[:4]:
+        engine.ensure_adapter(r)
+    for _ in range(max(1, args.repeats - 1)):
+        t0 = time.perf_counter()
+        alone = [engine.generate(i, r, fixed) for i, r in group]
+        seconds.setdefault("sequential", []).append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        together = engine.generate_group(group, fixed)
+        seconds.setdefault("group", []).append(time.perf_counter() - t0)
+        lean_rows = engine.last_generation.get("lean_rows")
+        if stock is not None:
+            t0 = time.perf_counter()
+            for i in range(4):
+                stock.decode(ids, f"p{i}", args.group_tokens)
+            seconds.setdefault("sequential_peft", []).append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = stock.generate(batch, torch.ones_like(batch), args.group_tokens, adapter_names=[f"p{i}" for i in range(4)])
+            seconds.setdefault("group_peft", []).append(time.perf_counter() - t0)
+            together_peft = [stock.tok.decode(row[len(ids):], skip_special_tokens=True) for row in out]
+    sec = {k: med(v) for k, v in seconds.items()}
+
+    if stock is not None:
+        # Last, because it changes the stock model: peft's load_adapter calls state_dict(),
+        # which makes bitsandbytes unpack the CPU-packed 4-bit weights; the next forward
+        # packs them again, not bit for bit (see docs/performance.md).
+        log("stock peft: cold loads...")
+        peft_cold = []
+        for i in range(args.cold_loads):
+            t0 = time.perf_counter()
+            stock.peft.load_adapter(str(adapters[8 + i % 2]), adapter_name="cold")
+            stock.peft.set_adapter("cold")
+            peft_cold.append((time.perf_counter() - t0) * 1000)
+            stock.peft.set_adapter("p0")
+            stock.peft.delete_adapter("cold")
+        base_after_cold = stock.decode(ids, None, args.decode_tokens)[1]
 
     log(f"{args.drift_switches} random switches among 20 personas, 8 resident...")
-    import random
-
     rng = random.Random(0)
     for r in refs[:8]:
         engine.ensure_adapter(r)
-    drift_start = rss_mb()
-    for _ in range(args.drift_switches):
+    for _ in range(50):  # every file seen once, allocator settled
         switch_ms(engine, rng.choice(refs))
-    drift_end = rss_mb()
+    drift_start = rss_bytes()
+    drift = [switch_ms(engine, rng.choice(refs)) for _ in range(args.drift_switches)]
+    drift_end = rss_bytes()
 
     long_ids = (engine.tokenizer("The lighthouse keeper wrote in his log. " * 80)["input_ids"])[:512]
-    ttft = ttft_ms(engine, long_ids, None, args.repeats)
+    ttft = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        stream = engine.stream(long_ids, None, GenerationSettings(temperature=0, max_new_tokens=4, min_new_tokens=4, seed=0))
+        next(stream)
+        ttft.append((time.perf_counter() - t0) * 1000)
+        for _ in stream:
+            pass
 
+    per_adapter = (rss8 - rss1) / 7
     result = {
         "model": source.name,
         "device": engine.info.device,
+        "threads": {"decode": engine.threads.decode, "prefill": engine.threads.prefill, "cores": os.cpu_count()},
         "adapter_rank": 16,
-        "adapter_file_mb": round(adapter_mb, 1),
+        "adapter_file_bytes": file_bytes,
+        "adapter_file_mb": round(file_bytes / 1e6, 1),
         "switch_resident_ms_p50": round(pct(switch, 50), 3),
         "switch_resident_ms_p99": round(pct(switch, 99), 3),
         "adapter_cold_load_ms_p50": round(pct(cold, 50), 1),
-        "full_reload_s": round(statistics.median(reloads), 2),
+        "adapter_cold_load_ms_p99": round(pct(cold, 99), 1),
+        "adapter_first_load_ms_p50": round(pct(first, 50), 1),
+        "full_reload_s": round(full_reload_s, 2),
         "footprint_nf4_mb": engine.info.footprint_mb,
         "footprint_bf16_mb": footprint_bf16,
-        "decode_tok_s_base": round(base, 1),
-        "decode_tok_s_adapter": round(with_adapter, 1),
-        "decode_ratio": round(with_adapter / base, 3),
-        "ttft_ms_512": round(ttft, 1),
-        "group4_speedup": round(sequential_s / group_s, 2),
-        "adapter_resident_mb": round(per_adapter_mb, 1),
-        "adapter_resident_over_file": round(per_adapter_mb / adapter_mb, 2),
+        "decode_tok_s_base": round(rate["base"], 1),
+        "decode_tok_s_adapter": round(rate["adapter"], 1),
+        "decode_ratio": round(rate["adapter"] / rate["base"], 3),
+        "step_ms_base": round(step["base"], 2),
+        "step_ms_adapter": round(step["adapter"], 2),
+        "decode_ratio_forward": round(step["base"] / step["adapter"], 3),
+        "ttft_ms_512": round(med(ttft), 1),
+        "group4_tok_s": round(4 * args.group_tokens / sec["group"], 1),
+        "group4_speedup": round(sec["sequential"] / sec["group"], 2),
+        "group4_lean_rows": bool(lean_rows),
+        "group4_tokens_match_alone": together == alone,
+        "resident_bytes_per_adapter": round(per_adapter),
+        "resident_tensor_bytes_per_adapter": round(statistics.mean(tensor_bytes.values())),
+        "adapter_resident_over_file": round(per_adapter / file_bytes, 3),
+        "rss_mb_drift_start": round(drift_start / 1e6, 1),
         "rss_drift_pct_1000_switches": round(100 * (drift_end - drift_start) / drift_start, 2),
+        "drift_switch_ms_p50": round(pct(drift, 50), 3),
         "slots": engine.pool.slot_count(),
     }
-    if not args.skip_peft:
-        del engine
-        stock = stock_peft(source, adapters, ids, args, log)
-        result.update(stock)
-        result["switch_speedup_vs_peft"] = round(stock["switch_resident_ms_p50_peft"] / result["switch_resident_ms_p50"], 1)
-        result["cold_load_speedup_vs_peft"] = round(stock["adapter_cold_load_ms_p50_peft"] / result["adapter_cold_load_ms_p50"], 1)
+    if stock is not None:
+        result.update({
+            "switch_resident_ms_p50_peft": round(pct(peft_switch, 50), 3),
+            "switch_resident_ms_p99_peft": round(pct(peft_switch, 99), 3),
+            "adapter_cold_load_ms_p50_peft": round(pct(peft_cold, 50), 1),
+            "decode_tok_s_base_peft": round(rate["base_peft"], 1),
+            "decode_tok_s_adapter_peft": round(rate["adapter_peft"], 1),
+            "decode_ratio_peft": round(rate["adapter_peft"] / rate["base_peft"], 3),
+            "step_ms_base_peft": round(step["base_peft"], 2),
+            "step_ms_adapter_peft": round(step["adapter_peft"], 2),
+            "decode_ratio_forward_peft": round(step["base_peft"] / step["adapter_peft"], 3),
+            "group4_tok_s_peft": round(4 * args.group_tokens / sec["group_peft"], 1),
+            "group4_speedup_peft": round(sec["sequential_peft"] / sec["group_peft"], 2),
+            "switch_speedup_vs_peft": round(pct(peft_switch, 50) / pct(switch, 50), 1),
+            "cold_load_speedup_vs_peft": round(pct(peft_cold, 50) / pct(cold, 50), 1),
+            "decode_adapter_speedup_vs_peft": round(rate["adapter"] / rate["adapter_peft"], 2),
+            "group4_speedup_vs_peft_group": round(sec["group_peft"] / sec["group"], 2),
+            "tokens_match_peft": {"base": texts["base"] == texts["base_peft"], "adapter": texts["adapter"] == texts["adapter_peft"]},
+            "group4_tokens_match_peft": together == together_peft,
+            "peft_cold_loads_changed_base_tokens": base_after_cold != texts["base_peft"],
+        })
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

@@ -273,6 +273,7 @@ def test_group_decoding_matches_peft_mixed_batches(tiny_engine, tiny_model_dir, 
     names = ["a", "b", None, "c"]
     requests = [(p, ref(n, tiny_adapters[n]) if n else None) for p, n in zip(prompts, names)]
     ours = tiny_engine.generate_group(requests, greedy(n=10))
+    assert tiny_engine.last_generation["lean_rows"] is True  # the lean per-row path, not peft's
     assert len(set(ours)) >= 3
     model, tok, _ = load_base(ModelSource("tiny-llama", tiny_model_dir))
     stock = PeftModel.from_pretrained(model, str(tiny_adapters["a"]), adapter_name="a")
