@@ -58,7 +58,7 @@ def build(runtime) -> gr.Blocks:
                     with gr.Column(scale=3):
                         c = chat.build()
                         c.picker_html = picker
-            with gr.Tab("Personas", id="personas", elem_id="tab-personas"):
+            with gr.Tab("Personas", id="personas", elem_id="tab-personas") as personas_tab:
                 pv = personas.build()
             with gr.Tab("Train", id="train", elem_id="tab-train") as train_tab:
                 tv = training.build()
@@ -69,6 +69,8 @@ def build(runtime) -> gr.Blocks:
         convs.wire(cv, state, c, new_chat)
         personas.wire(pv, state, tabs, c, cv.list)
         training.wire(tv, state, tabs, c, cv.list)
+        # personas made elsewhere (training, another tab) appear in the editor's list
+        personas_tab.select(lambda: gr.update(choices=personas.choices()), None, pv.pick, queue=False)
         train_tab.select(lambda: gr.update(choices=training.targets()), None, tv.target, queue=False)
         timer.tick(status, None, status_box, show_progress="hidden", queue=False)
         demo.load(note_shown(sessions, chat), [state], None, queue=False, show_progress="hidden")

@@ -120,6 +120,11 @@ def test_train_watch_evaluate_and_chat(chat_page, tmp_path):
     assert who == "Rosa"
     expect(page.locator("#ch-status")).to_contain_text("Rosa", timeout=10_000)  # resident adapter
 
+    page.locator("button[role=tab]:has-text('Personas')").first.click()  # the editor lists it too
+    page.locator("#pe-pick input").first.click()
+    page.get_by_role("option", name="Rosa", exact=True).click()
+    expect(page.locator("#pe-adapter-info")).to_contain_text("version 1")
+
 
 def test_cancel_then_resume(chat_page, tmp_path):
     page = chat_page.page
