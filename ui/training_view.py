@@ -17,11 +17,11 @@ import pandas as pd
 from core.errors import ChorusError
 from core.training.config import ADVANCED, TrainConfig
 from core.training.service import inspect_export
+from storage.training_runs import ACTIVE
 from ui import notify
+from ui.cards_view import NEW  # the same "a new persona" choice as the persona editor's
 from ui.training_render import evaluation_html, export_summary, progress_html, run_choice, runs_html
 
-NEW = "__new__"
-ACTIVE = ("queued", "running", "cancelling")
 POLL_S = 2.0
 AUTO_FIELDS = ("max_steps", "max_seq_len")  # 0 in the form means "choose from the data"
 

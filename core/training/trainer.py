@@ -125,6 +125,12 @@ def _callbacks(report, should_stop, model, plan: Plan):
     return Chorus()
 
 
+def _recent_loss(log_history: list[dict]) -> float | None:
+    """Mean training loss of the last 5 logged steps (the run's final train loss)."""
+    losses = [h["loss"] for h in log_history if "loss" in h][-5:]
+    return round(sum(losses) / len(losses), 4) if losses else None
+
+
 def _finished_checkpoint(model, checkpoint: Path) -> dict:
     """A run killed after its last checkpoint (while evaluating or saving the adapter) needs
     no more training: the checkpoint holds the finished adapter. Trainer is not asked to
@@ -137,13 +143,12 @@ def _finished_checkpoint(model, checkpoint: Path) -> dict:
 
     set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
     state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h][-5:]
     step = int(state["global_step"])
     return {
         "stopped": False,
         "step": step,
         "resumed_from": step,
-        "train_loss": round(sum(losses) / len(losses), 4) if losses else None,
+        "train_loss": _recent_loss(state.get("log_history", [])),
         "train_loss_mean": None,
     }
 
@@ -216,11 +221,10 @@ def fit(
     model.train()
     if packed_layers(model):
         raise TrapSprung("a 4-bit layer was repacked during training")
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h][-5:]
     return {
         "stopped": callback.stopped,
         "step": trainer.state.global_step,
         "resumed_from": int(_CKPT.match(checkpoint.name).group(1)) if checkpoint else None,
-        "train_loss": round(sum(losses) / len(losses), 4) if losses else None,  # mean of the last 5 steps
+        "train_loss": _recent_loss(trainer.state.log_history),
         "train_loss_mean": float(result.training_loss) if result and result.training_loss is not None else None,
     }
