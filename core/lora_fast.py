@@ -187,10 +187,11 @@ class FastLora:
         self.seen = None  # the input last copied into an fp32 buffer (held, so its id stays
         self.seen_buffer = None  # unique), and that buffer
 
-    def input_buffer(self, n: int, rows: int = 1):
-        """The fp32 buffer for one-token inputs of width n (rows of them), shared by layers."""
+    def input_buffer(self, n: int, rows: int | None = None):
+        """The fp32 buffer for one-token inputs of width n, shared by layers: a vector, or
+        with `rows`, a (rows, n) matrix for a mixed batch (even of one row)."""
         if (n, rows) not in self._inputs:
-            self._inputs[(n, rows)] = torch.empty(rows, n) if rows > 1 else torch.empty(n)
+            self._inputs[(n, rows)] = torch.empty(n) if rows is None else torch.empty(rows, n)
         return self._inputs[(n, rows)]
 
     def forget_input(self) -> None:

@@ -247,3 +247,11 @@ def test_the_head_gets_a_densely_laid_out_input_with_the_same_logits():
     assert dense.stride() == (64, 64, 1) and torch.equal(dense, last)
     assert torch.equal(head(dense), head(last))
     assert _dense_head_input(head, (dense,)) is None  # already dense: left alone
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_group_of_one_or_two_matches_the_persona_alone(tiny_engine, tiny_adapters, rows):
+    requests = [(PROMPT, ref("a", tiny_adapters["a"])), (PROMPT[3:], ref("b", tiny_adapters["b"]))][:rows]
+    together = tiny_engine.generate_group(requests, greedy(8))
+    assert tiny_engine.last_generation["lean_rows"] is True
+    assert together == [tiny_engine.generate(p, r, greedy(8)) for p, r in requests]
