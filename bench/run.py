@@ -3,10 +3,12 @@
     python bench/run.py --json
 
 Prints one JSON object (docs/performance.md says what each key means). Both paths run on
-their own NF4 copy of the same model, with the same rank-16 adapters on all linear layers,
-the same prompt, greedy decoding and the same CPU-thread policy; decode and group figures
-are taken in interleaved rounds (Chorus, peft, Chorus, peft...) and reported as medians, so
-that the ratios of one run compare like with like on a noisy machine. `*_peft` keys are stock
+their own NF4 copy of the same model, loaded by core.loader (so both decode with the
+attention of core/attention.py), with the same rank-16 adapters on all linear layers, the
+same prompt, greedy decoding and the same CPU-thread policy; decode and group figures are
+taken in interleaved rounds (Chorus, peft, Chorus, peft...), the ratios within each round,
+and reported as medians, so that the ratios of one run compare like with like on a noisy
+machine. `*_peft` keys are stock
 peft (`load_adapter`, `set_adapter`, `disable_adapter`, `adapter_names` mixed batches);
 `tokens_match_peft` says whether the Chorus path produced exactly the stock path's tokens.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core import attention  # noqa: E402
 from core.engine import AdapterRef, DecodeThreads, Engine, GenerationSettings  # noqa: E402
 from core.model_source import resolve_model  # noqa: E402
 from core.runtime import quiet_libraries  # noqa: E402
@@ -126,7 +129,7 @@ def step_ms(model, ids, threads, steps=16) -> float:
     generate()'s own per-token work (logits processors, streamer): the model alone."""
     import torch
 
-    x = torch.tensor([ids])
+    x = torch.tensor(ids if isinstance(ids[0], list) else [ids])
     times = []
     with torch.inference_mode(), threads.active():
         out = model(input_ids=x, use_cache=True)
@@ -145,6 +148,20 @@ def chorus_steps(engine, ids, ref) -> float:
             return step_ms(engine.model, ids, engine.threads)
         finally:
             engine.pool.fast.forget_input()
+
+
+def chorus_group_steps(engine, ids, refs) -> float:
+    """step_ms for one batch whose rows are the personas `refs` (the group's decode steps)."""
+    with engine._lock:
+        names = [engine.ensure_adapter(r) for r in refs]
+        active = engine.pool.active
+        engine.pool.activate(None)
+        try:
+            with engine.pool.rows(names):
+                return step_ms(engine.model, [ids] * len(refs), engine.threads)
+        finally:
+            engine.pool.fast.forget_input()
+            engine.pool.activate(active)
 
 
 def stock_steps(stock, ids, adapter) -> float:
@@ -171,6 +188,8 @@ def main(argv=None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--group-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds for decode and group figures")
+    parser.add_argument("--decode-rounds", type=int, default=5, help="rounds of the decode figures (base, then adapter)")
+    parser.add_argument("--group-rounds", type=int, default=5, help="rounds of the group figure (one after another, then together)")
     parser.add_argument("--drift-switches", type=int, default=1000)
     parser.add_argument("--skip-peft", action="store_true", help="leave out the stock peft comparison")
     args = parser.parse_args(argv)
@@ -242,7 +261,7 @@ def main(argv=None) -> int:
     log("decode, interleaved rounds...")
     rates = {}
     texts = {}
-    for _ in range(args.repeats):
+    for _ in range(args.decode_rounds):
         for key, run in (
             ("base", lambda: chorus_decode(engine, ids, None, args.decode_tokens)),
             ("adapter", lambda: chorus_decode(engine, ids, refs[0], args.decode_tokens)),
@@ -254,11 +273,18 @@ def main(argv=None) -> int:
             rate, texts[key] = run()
             rates.setdefault(key, []).append(rate)
     rate = {k: med(v) for k, v in rates.items()}
+    # Ratios within each round (base and adapter back to back), then their median: a slow
+    # spell of this shared machine lands on both sides of one ratio.
+    decode_ratios = {
+        side: [a / b for a, b in zip(rates[f"adapter{side}"], rates[f"base{side}"])]
+        for side in ("", "_peft") if f"base{side}" in rates
+    }
     steps = {}
     for _ in range(args.repeats):
         for key, run in (
             ("base", lambda: chorus_steps(engine, ids, None)),
             ("adapter", lambda: chorus_steps(engine, ids, refs[0])),
+            ("group", lambda: chorus_group_steps(engine, ids, refs[:4])),
             ("base_peft", lambda: stock_steps(stock, ids, None)),
             ("adapter_peft", lambda: stock_steps(stock, ids, "p0")),
         ):
@@ -274,15 +300,20 @@ def main(argv=None) -> int:
     batch = torch.tensor([ids] * 4)
     for r in refs[:4]:
         engine.ensure_adapter(r)
-    for _ in range(max(1, args.repeats - 1)):
+    # The ratio is taken within each round (one after another, then together, back to back),
+    # so that a slow spell of this shared machine lands on both sides of one ratio; the
+    # figure is the median over the rounds.
+    group_ratios = []
+    for round_ in range(args.group_rounds):
         t0 = time.perf_counter()
         alone = [engine.generate(i, r, fixed) for i, r in group]
         seconds.setdefault("sequential", []).append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         together = engine.generate_group(group, fixed)
         seconds.setdefault("group", []).append(time.perf_counter() - t0)
+        group_ratios.append(seconds["sequential"][-1] / seconds["group"][-1])
         lean_rows = engine.last_generation.get("lean_rows")
-        if stock is not None:
+        if stock is not None and round_ < max(1, args.repeats - 1):
             t0 = time.perf_counter()
             for i in range(4):
                 stock.decode(ids, f"p{i}", args.group_tokens)
@@ -328,6 +359,20 @@ def main(argv=None) -> int:
         for _ in stream:
             pass
 
+    # The decode attention (core/attention.py) against transformers' sdpa on the same model:
+    # one-token steps after the short prompt and after 512 tokens of context, interleaved.
+    log("decode attention against transformers' sdpa...")
+    attn_rates = {}
+    for _ in range(args.repeats):
+        for impl in (attention.NAME, "sdpa"):
+            engine.model.set_attn_implementation(impl)
+            try:
+                for ctx, prompt_ids in (("", ids), ("_512", long_ids)):
+                    attn_rates.setdefault(f"{ctx}_{impl}", []).append(chorus_steps(engine, prompt_ids, None))
+            finally:
+                engine.model.set_attn_implementation(attention.NAME)
+    attn = {k: med(v) for k, v in attn_rates.items()}
+
     per_adapter = (rss8 - rss1) / 7
     result = {
         "model": source.name,
@@ -346,13 +391,22 @@ def main(argv=None) -> int:
         "footprint_bf16_mb": footprint_bf16,
         "decode_tok_s_base": round(rate["base"], 1),
         "decode_tok_s_adapter": round(rate["adapter"], 1),
-        "decode_ratio": round(rate["adapter"] / rate["base"], 3),
+        "decode_ratio": round(med(decode_ratios[""]), 3),
+        "decode_ratio_rounds": [round(x, 3) for x in decode_ratios[""]],
         "step_ms_base": round(step["base"], 2),
         "step_ms_adapter": round(step["adapter"], 2),
         "decode_ratio_forward": round(step["base"] / step["adapter"], 3),
         "ttft_ms_512": round(med(ttft), 1),
+        "attention": engine.model.config._attn_implementation,
+        "step_ms_base_chorus_attention": round(attn[f"_{attention.NAME}"], 2),
+        "step_ms_base_sdpa": round(attn["_sdpa"], 2),
+        "step_ms_base_512": round(attn[f"_512_{attention.NAME}"], 2),
+        "step_ms_base_512_sdpa": round(attn["_512_sdpa"], 2),
         "group4_tok_s": round(4 * args.group_tokens / sec["group"], 1),
-        "group4_speedup": round(sec["sequential"] / sec["group"], 2),
+        "group4_speedup": round(med(group_ratios), 2),
+        "group4_speedup_rounds": [round(x, 2) for x in group_ratios],
+        "step_ms_group4": round(step["group"], 2),
+        "group4_speedup_forward": round(4 * step["adapter"] / step["group"], 2),
         "group4_lean_rows": bool(lean_rows),
         "group4_tokens_match_alone": together == alone,
         "resident_bytes_per_adapter": round(per_adapter),
@@ -370,7 +424,7 @@ def main(argv=None) -> int:
             "adapter_cold_load_ms_p50_peft": round(pct(peft_cold, 50), 1),
             "decode_tok_s_base_peft": round(rate["base_peft"], 1),
             "decode_tok_s_adapter_peft": round(rate["adapter_peft"], 1),
-            "decode_ratio_peft": round(rate["adapter_peft"] / rate["base_peft"], 3),
+            "decode_ratio_peft": round(med(decode_ratios["_peft"]), 3),
             "step_ms_base_peft": round(step["base_peft"], 2),
             "step_ms_adapter_peft": round(step["adapter_peft"], 2),
             "decode_ratio_forward_peft": round(step["base_peft"] / step["adapter_peft"], 3),
