@@ -23,6 +23,9 @@ from __future__ import annotations
 import torch
 
 NAME = "chorus_sdpa"
+# Arguments some models pass that change the arithmetic (T5 biases, paged caches, Gemma 2
+# soft-capping, gpt-oss sinks): such calls keep transformers' function.
+_OTHER_ARITHMETIC = ("position_bias", "cache", "softcap", "s_aux", "sinks")
 
 
 def decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
@@ -33,8 +36,7 @@ def decode_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         or query.device.type != "cpu"
         or dropout
         or module.training
-        or kwargs.get("position_bias") is not None
-        or kwargs.get("cache") is not None
+        or any(kwargs.get(k) is not None for k in _OTHER_ARITHMETIC)
         or (attention_mask is not None and attention_mask.dtype != torch.bool)
     ):
         return sdpa_attention_forward(

@@ -71,6 +71,9 @@ def test_prompts_and_training_keep_transformers_sdpa(monkeypatch):
     assert len(calls) == 3
     attention.decode_attention(_Layer().eval(), q, k, v, None, scaling=0.125)  # a decode step
     assert len(calls) == 3
+    with pytest.raises(ValueError, match="softcap"):  # arithmetic it does not do: transformers' own answer
+        attention.decode_attention(_Layer().eval(), q, k, v, None, scaling=0.125, softcap=30.0)
+    assert len(calls) == 4
 
 
 def test_the_loaded_model_decodes_with_it_and_stays_close_to_sdpa(tiny_model_dir, monkeypatch):
