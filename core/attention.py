@@ -47,16 +47,31 @@ def decode_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     if attention_mask is None:
         return _rows(query, key, value, scaling), None
     out = []
-    for i in range(query.shape[0]):
-        keep = attention_mask[i].reshape(-1, attention_mask.shape[-1])[-1]  # this row's keys
-        first = int(keep.to(torch.int8).argmax()) if keep.any() else keep.numel()
-        if bool(keep[first:].all()):  # left padding: the row's keys are a suffix
-            k, v = key[i : i + 1, :, first:], value[i : i + 1, :, first:]
+    for i, at in enumerate(_row_keys(attention_mask)):
+        if isinstance(at, slice):
+            k, v = key[i : i + 1, :, at], value[i : i + 1, :, at]
         else:
-            at = keep.nonzero().view(-1)
             k, v = key[i : i + 1].index_select(2, at), value[i : i + 1].index_select(2, at)
-        out.append(_rows(query[i : i + 1], k.contiguous(), v.contiguous(), scaling))
+        out.append(_rows(query[i : i + 1], k, v, scaling))
     return torch.cat(out), None
+
+
+_last_plan = (None, None)  # (mask, its rows' keys): every layer of a step passes the same mask
+
+
+def _row_keys(mask):
+    """Per row, the keys it attends to: a slice for a left-padded row (its keys are a
+    suffix), else their indices."""
+    global _last_plan
+    seen, keys = _last_plan
+    if seen is mask:
+        return keys
+    keys = []
+    for keep in mask.reshape(mask.shape[0], -1, mask.shape[-1])[:, -1]:  # the query's row of the mask
+        first = int(keep.to(torch.int8).argmax()) if keep.any() else keep.numel()
+        keys.append(slice(first, None) if bool(keep[first:].all()) else keep.nonzero().view(-1))
+    _last_plan = (mask, keys)
+    return keys
 
 
 def _rows(query, key, value, scaling):
