@@ -22,5 +22,6 @@ def test_the_benchmark_runs_and_its_fast_paths_give_stock_peft_tokens(tiny_model
     assert len(result["group4_speedup_rounds"]) == 2 and len(result["decode_ratio_rounds"]) == 2
     assert result["attention"] == "chorus_sdpa"
     for key in ("switch_resident_ms_p50", "adapter_cold_load_ms_p50", "decode_ratio", "group4_speedup",
-                "group4_speedup_forward", "adapter_resident_over_file", "rss_drift_pct_1000_switches"):
+                "group4_speedup_forward", "adapter_resident_over_file", "rss_drift_pct_1000_switches",
+                "step_ms_base_512", "step_ms_base_512_sdpa"):
         assert isinstance(result[key], (int, float)) and result[key] == result[key], key  # a number, not NaN
