@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from storage.db import DatabaseHandle, now
+from storage.db import DatabaseHandle, decode_json, now
 from storage.errors import ChorusError, NotFound
 
 MAX_MESSAGE = 256 * 1024
@@ -22,12 +22,7 @@ class MessageInvalid(ChorusError):
 
 
 def _decode(row: dict) -> dict:
-    row = dict(row)
-    try:
-        row["meta"] = json.loads(row.get("meta") or "{}")
-    except json.JSONDecodeError:
-        row["meta"] = {}
-    return row
+    return decode_json(row, {"meta": dict})
 
 
 class ConversationRepo:

@@ -7,6 +7,7 @@ WAL lets readers and the one writer work at the same time.
 from __future__ import annotations
 
 import errno
+import json
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -17,6 +18,20 @@ from sqlite_utils import Database
 
 from storage.errors import StorageError
 from storage.migrations import migrations
+
+
+def decode_json(row: dict, fields: dict) -> dict:
+    """A copy of `row` with its JSON text columns parsed: `fields` maps each column to the
+    kind it must hold (dict or list); a column that is empty, unreadable or of another kind
+    reads as an empty one, so one damaged value does not hide the rest of the row."""
+    row = dict(row)
+    for key, kind in fields.items():
+        try:
+            value = json.loads(row.get(key) or "null")
+        except json.JSONDecodeError:
+            value = None
+        row[key] = value if isinstance(value, kind) else kind()
+    return row
 
 
 def now() -> str:

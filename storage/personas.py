@@ -14,7 +14,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from storage.db import DatabaseHandle, now, save_failed
+from storage.db import DatabaseHandle, decode_json, now, save_failed
 from storage.errors import ChorusError, NotFound
 
 CARD_FIELDS = (
@@ -47,14 +47,7 @@ def slugify(name: str) -> str:
 
 
 def _decode(row: dict) -> dict:
-    row = dict(row)
-    for key, kind in _JSON_FIELDS.items():
-        try:
-            value = json.loads(row.get(key) or "null")
-        except json.JSONDecodeError:
-            value = kind()
-        row[key] = value if isinstance(value, kind) else kind()
-    return row
+    return decode_json(row, _JSON_FIELDS)
 
 
 def validate_fields(fields: dict, *, creating: bool) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from storage.db import DatabaseHandle, now
+from storage.db import DatabaseHandle, decode_json, now
 from storage.errors import NotFound
 
 STATUSES = ("queued", "running", "cancelling", "cancelled", "failed", "finished")
@@ -24,14 +24,7 @@ _JSON = ("config", "evaluation")
 
 
 def _decode(row: dict) -> dict:
-    row = dict(row)
-    for key in _JSON:
-        try:
-            value = json.loads(row.get(key) or "{}")
-        except json.JSONDecodeError:
-            value = {}
-        row[key] = value if isinstance(value, dict) else {}
-    return row
+    return decode_json(row, dict.fromkeys(_JSON, dict))
 
 
 class TrainingRuns:

@@ -183,3 +183,12 @@ def test_deleting_persona_keeps_its_messages_labelled(chorus_home):
     store.delete_persona(p["id"])
     msg = store.conversations.path(c["id"])[0]
     assert msg["persona_name"] == "Gone Soon"
+
+
+def test_damaged_json_columns_read_as_empty_and_leave_the_rest_of_the_row():
+    from storage.db import decode_json
+
+    row = {"id": 7, "extras": "{not json", "alternate_greetings": '{"a": 1}', "meta": None, "config": '{"rank": 8}'}
+    out = decode_json(row, {"extras": dict, "alternate_greetings": list, "meta": dict, "config": dict})
+    assert out == {"id": 7, "extras": {}, "alternate_greetings": [], "meta": {}, "config": {"rank": 8}}
+    assert row["extras"] == "{not json"  # the row given is left as it was
