@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.chat import ChatService  # noqa: E402
 from core.engine import Engine, GenerationSettings  # noqa: E402
 from core.model_source import resolve_model  # noqa: E402
-from core.runtime import quiet_libraries  # noqa: E402
+from core.logs import quiet_libraries  # noqa: E402
 from core.synthetic import make_random_adapter  # noqa: E402
 from storage.paths import chorus_home  # noqa: E402
 from storage.store import Store  # noqa: E402

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.train_synth_export import write_export  # noqa: E402
 from core.engine import Engine, GenerationSettings  # noqa: E402
 from core.model_source import ModelSource, resolve_model  # noqa: E402
-from core.runtime import quiet_libraries  # noqa: E402
+from core.logs import quiet_libraries  # noqa: E402
 from core.training.service import TrainingService  # noqa: E402
 from storage.store import Store  # noqa: E402
 

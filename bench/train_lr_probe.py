@@ -25,7 +25,7 @@ from bench.train_synth_export import write_export  # noqa: E402
 from core.chatimport import build_examples, load_export  # noqa: E402
 from core.model_source import ModelSource, resolve_model  # noqa: E402
 from core.prompting import system_prompt  # noqa: E402
-from core.runtime import quiet_libraries  # noqa: E402
+from core.logs import quiet_libraries  # noqa: E402
 from core.training.config import TrainConfig, plan  # noqa: E402
 from core.training.dataset import encode_all, lengths  # noqa: E402
 from core.training.evaluate import heldout_loss  # noqa: E402

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.device import pick_device
 from core.errors import ModelUnavailable
 from core.model_source import ModelSource
 
@@ -69,12 +70,6 @@ def nf4_config():
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
-
-
-def pick_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_base(source: ModelSource, *, quantize: bool = True, device: str | None = None):

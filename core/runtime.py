@@ -15,6 +15,7 @@ from pathlib import Path
 from core.chat import ChatService
 from core.engine import Engine
 from core.errors import ChorusError
+from core.logs import quiet_libraries
 from core.model_source import resolve_model
 from core.starter import seed_starters
 from core.training.service import TrainingService
@@ -31,18 +32,6 @@ class RuntimeOptions:
     max_resident_adapters: int = 8
     quantize: bool = True  # NF4; False loads bf16 (for comparisons)
     context_limit: int | None = None
-
-
-def quiet_libraries() -> None:
-    """Hide warnings that are noise for a user (bitsandbytes' optional 'kernels' package)."""
-    for name in ("bitsandbytes", "transformers.modeling_utils", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 class Runtime:

@@ -88,7 +88,7 @@ def tiny_adapters(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
 def tiny_engine_factory(tiny_model_dir):
     from core.engine import Engine
     from core.model_source import ModelSource
-    from core.runtime import quiet_libraries
+    from core.logs import quiet_libraries
 
     quiet_libraries()
 

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m core.training.worker RUN_ID", file=sys.stderr)
         return 2
-    from core.runtime import quiet_libraries
+    from core.logs import quiet_libraries
 
     quiet_libraries()
     store = Store()

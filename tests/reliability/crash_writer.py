@@ -48,7 +48,7 @@ def stream_replies(store: Store, model: Path) -> None:
     from core.chat import ChatService
     from core.engine import Engine, GenerationSettings
     from core.model_source import ModelSource
-    from core.runtime import quiet_libraries
+    from core.logs import quiet_libraries
 
     quiet_libraries()
     chat = ChatService(store, Engine.load(ModelSource("tiny-llama", model), max_resident=2))
