@@ -23,7 +23,8 @@ DELETED = "deleted"
 VIEW_ONCE = "view_once"
 POLL = "poll"
 REACTION = "reaction"  # a reaction sent as its own message ("Reacted 😂 to your message")
-KINDS = (TEXT, MEDIA, SYSTEM, DELETED, VIEW_ONCE, POLL, REACTION)
+LABEL = "label"  # a body repeated like an app's label, set aside by the repetition guard (see guard.py)
+KINDS = (TEXT, MEDIA, SYSTEM, DELETED, VIEW_ONCE, POLL, REACTION, LABEL)
 
 UNKNOWN_SPEAKER = "(unknown)"
 
@@ -51,6 +52,9 @@ class Message:
     media: str | None = None  # what was attached (file name or type), kept apart from `text`
     forwarded: bool = False  # forwarded from someone else: not the speaker's voice
     cut: bool = False  # the text was longer than MAX_MESSAGE_CHARS and was cut to it
+    # Which app-generated placeholder this was ("image", "document", "location", "deleted",
+    # "call"...; see placeholders.py), or None for the speaker's words and unrecognised lines.
+    placeholder: str | None = None
 
     def __post_init__(self) -> None:
         # Every parser builds its messages here, so the cap holds for every format.
@@ -143,6 +147,7 @@ class ImportResult:
     speakers: dict[str, int] = field(default_factory=dict)  # name -> text messages, most first
     message_count: int = 0  # every message of every kind
     skipped: dict[str, int] = field(default_factory=dict)  # kind -> count, for kinds other than text
+    placeholders: dict[str, int] = field(default_factory=dict)  # placeholder kind -> count (Message.placeholder)
     first: datetime | None = None
     last: datetime | None = None
     notes: list[str] = field(default_factory=list)  # decisions the user should know about
@@ -169,6 +174,7 @@ class ImportResult:
             "first": self.first.isoformat() if self.first else None,
             "last": self.last.isoformat() if self.last else None,
             "skipped": dict(self.skipped),
+            "placeholders": dict(self.placeholders),
             "notes": list(self.notes),
         }
 
@@ -182,6 +188,8 @@ def count_into(result: ImportResult, conv: Conversation, msg: Message) -> None:
         result.speakers[name] = result.speakers.get(name, 0) + 1
     else:
         result.skipped[msg.kind] = result.skipped.get(msg.kind, 0) + 1
+    if msg.placeholder is not None:
+        result.placeholders[msg.placeholder] = result.placeholders.get(msg.placeholder, 0) + 1
     if msg.time is not None:
         key = sort_key(msg.time)
         if result.first is None or key < sort_key(result.first):

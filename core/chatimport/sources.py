@@ -3,8 +3,10 @@
 A `Source` can be opened any number of times (large exports are read more than once
 instead of being held in memory). Every zip is vetted by `core.safezip.open_zip`; big
 members are streamed with a hard byte bound rather than read whole. Text decoding
-follows the BOM, recognises UTF-16 without one, and otherwise insists on UTF-8: a file
-in another encoding gets a plain error instead of silently garbled names.
+follows the BOM, recognises UTF-16 without one, and otherwise reads UTF-8 when the whole
+file is UTF-8. A file that is not, and holds no UTF-8 multibyte character at all (a chat
+a Windows editor re-saved), is read as Windows-1252 with a note; a UTF-8 file with a few
+bad bytes is refused rather than garbled.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class Source:
     size: int
     _opener: Callable[[], IO[bytes]]
     _limit: int | None = None
+    _encoding: str | None = None  # decided once by `source_encoding`, reused by every re-read
 
     def open(self, tracker: ProgressTracker | None = None) -> IO[bytes]:
         raw = self._opener()
@@ -210,12 +213,73 @@ def looks_binary(head: bytes, encoding: str) -> bool:
     return b"\x00" in head[:8192]
 
 
+FALLBACK = "cp1252"
+FALLBACK_NOTE = "read as Windows-1252; if names look wrong, export the chat again."
+
+
+def _utf8_verdict(source: Source) -> str:
+    """'utf-8' if the whole file decodes; FALLBACK if it does not and holds no valid UTF-8
+    multibyte character (so it was never UTF-8); else raise: a damaged UTF-8 file is
+    refused rather than read as Windows-1252, which would garble its valid characters."""
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    bad = good_multibyte = False
+    with source.open() as fh:
+        while chunk := fh.read(_CHUNK):
+            if chunk.isascii() and not dec.getstate()[0]:
+                continue
+            text = dec.decode(chunk)
+            bad = bad or "\ufffd" in text
+            good_multibyte = good_multibyte or any(ord(ch) > 0x7F and ch != "\ufffd" for ch in text)
+            if bad and good_multibyte:
+                break
+        bad = bad or "\ufffd" in dec.decode(b"", final=True)
+    if not bad:
+        return "utf-8"
+    if good_multibyte:
+        strict = codecs.getincrementaldecoder("utf-8")(errors="strict")
+        try:
+            with source.open() as fh:
+                while chunk := fh.read(_CHUNK):
+                    strict.decode(chunk)
+                strict.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise not_utf8(source.basename, exc) from None
+        raise not_utf8(source.basename, None)
+    try:  # bytes that Windows-1252 leaves undefined (0x81, 0x8d...) mean Latin-1
+        with source.open() as fh:
+            while chunk := fh.read(_CHUNK):
+                chunk.decode(FALLBACK)
+        return FALLBACK
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def source_encoding(source: Source) -> str:
+    """The codec of a text source, decided once: BOM, UTF-16 shape, then UTF-8 or the fallback."""
+    if source._encoding is None:
+        head = source.head(4096)
+        enc = sniff_encoding(head)
+        if enc == "utf-8" and not looks_binary(head, enc):
+            enc = _utf8_verdict(source)
+        source._encoding = enc
+    return source._encoding
+
+
+def encoding_note(source: Source) -> str | None:
+    """The note for a file that was not read as Unicode, or None."""
+    if source._encoding in (FALLBACK, "latin-1"):
+        name = "Windows-1252" if source._encoding == FALLBACK else "Latin-1"
+        return f"{source.basename}: {FALLBACK_NOTE.replace('Windows-1252', name)}"
+    return None
+
+
 def decode_head(source: Source, n: int = 65536) -> tuple[str, str]:
     """(encoding, first characters) for detection; a cut multibyte character at the end is dropped."""
     head = source.head(n)
     enc = sniff_encoding(head)
     if looks_binary(head, enc):
         return enc, ""
+    enc = source_encoding(source)
     dec = codecs.getincrementaldecoder(enc)(errors="strict")
     try:
         text = dec.decode(head, final=len(head) < n)
@@ -224,16 +288,17 @@ def decode_head(source: Source, n: int = 65536) -> tuple[str, str]:
     return enc, text
 
 
-def not_utf8(name: str, exc: UnicodeDecodeError) -> ExportInvalid:
+def not_utf8(name: str, exc: UnicodeDecodeError | None) -> ExportInvalid:
+    where = f" (byte 0x{exc.object[exc.start]:02x} cannot be decoded)" if exc is not None else ""
     return ExportInvalid(
-        f"{name!r} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded). "
-        "Chat exports are UTF-8: export the chat again, or re-save the file as UTF-8."
+        f"{name!r} is not UTF-8 text{where}, though parts of it are: the file is damaged. "
+        "Export the chat again, or re-save the file as UTF-8."
     )
 
 
 def open_text(source: Source, tracker: ProgressTracker | None = None, newline: str | None = None) -> IO[str]:
-    """A text stream over the source with the sniffed encoding (strict: bad bytes raise)."""
-    enc = sniff_encoding(source.head(4096))
+    """A text stream over the source with its encoding (strict: bad bytes raise)."""
+    enc = source_encoding(source)
     raw = source.open(tracker)
     return io.TextIOWrapper(raw, encoding=enc, errors="strict", newline=newline)
 

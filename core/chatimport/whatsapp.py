@@ -10,9 +10,12 @@ and any Unicode digits (Python's `\\d` and `int()` read Arabic-Indic digits nati
 Day/month order is decided once per file, never per line: the first date with a field
 above 12 settles it; a file with none is read the way that keeps its dates in order.
 
-Placeholders (media, deleted, view-once, polls, system lines) get their own kind so
-they never reach the training text. The wording lists cover the common locales; what
-they miss is counted as text, so they err towards keeping the user's words.
+Calendars: Buddhist-era years (2565, or `2565 BE`: year - 543), Japanese eras before
+or in place of the year (`R4/3/27`, `3/27/R4`, `令和4`) and ROC/Minguo years (`111`,
+`民國111`: year + 1911) are read as the same instants as a Gregorian export.
+
+Placeholders (media, deleted, calls, locations, view-once, polls, system lines) are told
+apart from speech in placeholders.py, so they never reach the training text.
 """
 
 from __future__ import annotations
@@ -21,22 +24,24 @@ import re
 from datetime import datetime
 from typing import Iterable, Iterator
 
-from .model import DELETED, MEDIA, POLL, SYSTEM, TEXT, VIEW_ONCE, Conversation, Message, MessageLines
+from .model import SYSTEM, Conversation, Message, MessageLines
+from .placeholders import MARKS, classify
 from .sources import ProgressTracker, Source, iter_lines
 
-MARKS = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
 _X = f"[{MARKS}]*"
 _SP = "[ \u00a0\u202f\u2009]"
 _AMPM = rf"(?:[AaPp]\.?{_SP}?[Mm]\.?|午前|午後|上午|下午|오전|오후|ص|م|vorm\.|nachm\.)"
 _PM = ("p", "午後", "下午", "오후", "م", "nachm")
-_ERA = r"(?:令和|平成|昭和|大正|明治|[RHSTM]\.?)"
+_ERA = r"(?:令和|平成|昭和|大正|明治|民國|民国|[RHSTM]\.?)"
 _ERA_BASE = {"R": 2018, "令和": 2018, "H": 1988, "平成": 1988, "S": 1925, "昭和": 1925,
-             "T": 1911, "大正": 1911, "M": 1867, "明治": 1867}
+             "T": 1911, "大正": 1911, "M": 1867, "明治": 1867, "民國": 1911, "民国": 1911}
+_BE = r"(?:B\.?E\.?|พ\.ศ\.)"  # Buddhist era after the year: "3/27/2565 BE"
 
 
 def _date(n: int) -> str:
     sep = rf"{_X}[./\-]{_X}{_SP}?{_X}"
-    return rf"(?P<era{n}>{_ERA})?(?P<a{n}>\d{{1,4}}){sep}(?P<b{n}>\d{{1,2}}){sep}(?P<c{n}>\d{{1,4}}){_X}\.?"
+    return (rf"(?P<era{n}>{_ERA})?(?P<a{n}>\d{{1,4}}){sep}(?P<b{n}>\d{{1,2}}){sep}(?P<erc{n}>{_ERA})?"
+            rf"(?P<c{n}>\d{{1,4}})(?:{_SP}?(?P<be{n}>{_BE}))?{_X}\.?")
 
 
 def _time(n: int) -> str:
@@ -68,24 +73,30 @@ def _year_first(m: re.Match, n: int) -> bool:
     return bool(m.group(f"era{n}")) or len(m.group(f"a{n}")) >= 3
 
 
-_GROUPS = tuple(tuple(f"{g}{n}" for g in ("a", "b", "c", "era", "h", "mi", "s", "pa", "ap")) for n in (1, 2))
+_GROUPS = tuple(tuple(f"{g}{n}" for g in ("a", "b", "c", "era", "erc", "be", "h", "mi", "s", "pa", "ap"))
+                for n in (1, 2))
 
 
 def header_datetime(m: re.Match, order: str) -> datetime | None:
     """The header's time under the file's day/month order; None if it is not a real date."""
-    a, b, c, era, h, mi, s, pa, ap = m.group(*_GROUPS[0 if m.group("a1") is not None else 1])
+    a, b, c, era, erc, be, h, mi, s, pa, ap = m.group(*_GROUPS[0 if m.group("a1") is not None else 1])
+    if era and erc:
+        return None
     if era or len(a) >= 3:
         y, mo, d = int(a), int(b), int(c)
     elif order == MDY:
         mo, d, y = int(a), int(b), int(c)
     else:
         d, mo, y = int(a), int(b), int(c)
+    era = era or erc
     if era:
         y += _ERA_BASE[era.rstrip(".")]
+    elif be or y >= 2400:  # Buddhist calendar (Thai locale): 2565 BE is 2022 CE
+        y -= 543
     elif y < 100:
         y += 2000
-    elif y >= 2400:  # Buddhist calendar (Thai locale): 2565 BE is 2022 CE
-        y -= 543
+    elif y < 1000:  # ROC/Minguo calendar (Taiwan): year 111 is 2022 CE
+        y += 1911
     hour = int(h)
     ampm = pa or ap
     if ampm:
@@ -160,132 +171,19 @@ def split_author(body: str, known: set[str]) -> tuple[str | None, str]:
     return None, body
 
 
-def _norm(s: str) -> str:
-    return s.strip(MARKS + " \u00a0\u202f\t.").casefold()
-
-
-DELETED_TEXTS = {_norm(s) for s in (
-    "This message was deleted", "You deleted this message", "This message was deleted by admin",
-    "Diese Nachricht wurde gelöscht", "Du hast diese Nachricht gelöscht",
-    "Se eliminó este mensaje", "Eliminaste este mensaje", "Este mensaje fue eliminado",
-    "Ce message a été supprimé", "Vous avez supprimé ce message",
-    "Questo messaggio è stato eliminato", "Hai eliminato questo messaggio",
-    "Esta mensagem foi apagada", "Você apagou esta mensagem", "Mensagem apagada",
-    "Dit bericht is verwijderd", "Je hebt dit bericht verwijderd",
-    "Это сообщение удалено", "Данное сообщение удалено", "Вы удалили это сообщение", "Вы удалили данное сообщение",
-    "Bu mesaj silindi", "Bu mesajı sildiniz", "Pesan ini telah dihapus", "Anda menghapus pesan ini",
-    "تم حذف هذه الرسالة", "لقد حذفت هذه الرسالة", "Ta wiadomość została usunięta", "Usunięto tę wiadomość",
-    "このメッセージは削除されました", "メッセージを削除しました", "此消息已删除", "你删除了此消息",
-    "이 메시지는 삭제되었습니다", "Tin nhắn này đã bị xóa", "Bạn đã xóa tin nhắn này",
-    "यह संदेश हटा दिया गया था", "आपने यह संदेश हटाया", "(This message was deleted)",
-)}
-EDITED_SUFFIXES = (
-    "<This message was edited>", "<Diese Nachricht wurde bearbeitet>", "<Se editó este mensaje.>",
-    "<Ce message a été modifié>", "<Questo messaggio è stato modificato>", "<Mensagem editada>",
-    "<Dit bericht is bewerkt>", "<Сообщение изменено>",
-)
-_MEDIA_WORDS = re.compile(
-    r"\b(omitted|ausgeschlossen|weggelassen|omis|omise|omitid[oa]|absente|omess[ioa]|ocultad[oa]|oculta|oculto|"
-    r"weggelaten|отсутству\w*|dahil edilmedi|tidak disertakan|pominięt\w*)\b|省略|忽略|なし|استبعاد|محذوف",
-    re.I,
-)
-_MEDIA_NOUNS = re.compile(r"(media|médias|medien|mídia|multimedia|archivo|медиа|medya|multimédia)", re.I)
-_ATTACHED = re.compile(r"^<[^<>:\n]{2,30}:\s*[^<>\n]+>$")  # <attached: 00000035-PHOTO-....jpg>
-_FILE_ATTACHED = re.compile(r"^\S[^\n]*\.\w{2,5} \([^()\n]{3,40}\)$")  # IMG-1.jpg (file attached)
-_LOCATION = re.compile(r"^(location|standort|ubicación|localização|posizione|position|locatie|местоположение)"
-                       r": https?://", re.I)
-_VIEW_ONCE = re.compile(r"view[ -]once|einmalansicht|ver una vez|visualização única|vue unique|"
-                        r"visualizzazione singola|eenmalige weergave|одноразов", re.I)
-_POLL = ("POLL:", "UMFRAGE:", "ENCUESTA:", "SONDAGE:", "SONDAGGIO:", "ENQUETE:", "PEILING:", "ОПРОС:", "ANKET:")
-_OPTION = re.compile(r"^(OPTION|OPCIÓN|OPTION|OPZIONE|OPÇÃO|OPTIE|ВАРИАНТ|SEÇENEK)\b", re.M)
-_CALLS = {_norm(s) for s in ("Missed voice call", "Missed video call", "Voice call", "Video call",
-                             "Missed group voice call", "Missed group video call")}
-
-
-def _is_media_line(first: str, lrm: bool) -> bool:
-    if first.casefold() == "null":  # Android writes "null" for content it cannot export
-        return True
-    if first.startswith("<") and first.endswith(">") and len(first) <= 60:
-        inner = first[1:-1]
-        if _MEDIA_NOUNS.search(inner) or _MEDIA_WORDS.search(inner):
-            return True
-    if _ATTACHED.match(first) or _FILE_ATTACHED.match(first) or _LOCATION.match(first):
-        return True
-    # iOS: "‎image omitted", "‎GIF weggelassen"...
-    return len(first) <= 60 and bool(_MEDIA_WORDS.search(first)) and (lrm or len(first.split()) <= 3)
-
-
-_VIEW_ONCE_HINTS = ("once", "einmal", "vez", "única", "unique", "singola", "eenmalig", "одноразов")
-
-
-def _surely_plain(t: str) -> bool:
-    """True when no placeholder rule in `classify` could apply: the cheap path for most messages.
-
-    Each test mirrors one rule below; it only has to let through what those rules would reject.
-    """
-    if not t or t[0] == "<" or t[-1] == ">" or t.startswith(_POLL):
-        return False
-    first = t.split("\n", 1)[0].strip(MARKS + " \u00a0\u202f\t")
-    if first.endswith(")") or _LOCATION.match(first):
-        return False
-    low = first.casefold()
-    if low == "null" or (len(first) <= 80 and any(h in low for h in _VIEW_ONCE_HINTS)):
-        return False
-    if len(first) <= 60 and len(first.split()) <= 3 and _MEDIA_WORDS.search(first):
-        return False
-    key = _norm(t)
-    return key not in DELETED_TEXTS and key not in _CALLS
-
-
-def classify(text: str, has_author: bool) -> tuple[str, str, str | None]:
-    """(kind, text, media) for one message body (everything after `Name: `)."""
-    lrm = text.lstrip(" \u00a0").startswith(("\u200e", "\u200f"))
-    if has_author and not lrm:
-        t = text.strip(MARKS + " \u00a0\u202f\t\r\n")
-        if _surely_plain(t):
-            return TEXT, t, None
-    return classify_full(text, has_author)
-
-
-def classify_full(text: str, has_author: bool) -> tuple[str, str, str | None]:
-    """`classify` without the shortcut: every rule, in order."""
-    lrm = text.lstrip(" \u00a0").startswith(("\u200e", "\u200f"))
-    t = text.strip(MARKS + " \u00a0\u202f\t\r\n")
-    for suffix in EDITED_SUFFIXES:
-        if t.endswith(suffix):
-            t = t[: -len(suffix)].rstrip()
-            break
-    first, _, rest = t.partition("\n")
-    first = first.strip(MARKS + " \u00a0\u202f\t")
-    rest = rest.strip()
-    if _norm(t) in DELETED_TEXTS:
-        return DELETED, "", None
-    if len(first) <= 80 and _VIEW_ONCE.search(first) and (lrm or first.startswith("<") or _MEDIA_WORDS.search(first)
-                                                          or "message" in first.casefold()):
-        return VIEW_ONCE, "", None
-    if first.startswith(_POLL) and (first in _POLL or _OPTION.search(rest)):
-        return POLL, "", None
-    if _is_media_line(first, lrm):
-        if rest and has_author:  # "IMG-1.jpg (file attached)" then the caption: the caption is theirs
-            return TEXT, rest, first
-        return MEDIA, "", first
-    if not has_author or lrm or _norm(t) in _CALLS:
-        return SYSTEM, t, None
-    return TEXT, t, None
-
-
 # ---- the file --------------------------------------------------------------------------------
 
 def _finish(author: str | None, when: datetime | None, lines: list[str], flavor: str) -> Message:
     text = "\n".join(lines)
+    placeholder = None
     if flavor == "signal":
         from .signal_export import classify_signal
 
         kind, body, media = classify_signal(text)
     else:
-        kind, body, media = classify(text, author is not None)
+        kind, body, media, placeholder = classify(text, author is not None)
     speaker = author if kind != SYSTEM else None
-    return Message(speaker=speaker, time=when, text=body, kind=kind, media=media)
+    return Message(speaker=speaker, time=when, text=body, kind=kind, media=media, placeholder=placeholder)
 
 
 def parse_lines(lines: Iterable[str], order: str, flavor: str = "whatsapp") -> Iterator[Message]:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("bad_unknown.txt", ExportFormatUnknown, "not a chat export"),
     ("bad_binary.bin", ExportFormatUnknown, "not a chat export"),
     ("character_card.json", ExportFormatUnknown, "character card"),
-    ("bad_latin1_whatsapp.txt", ExportInvalid, "not UTF-8"),
+    ("bad_damaged_utf8_whatsapp.txt", ExportInvalid, "not UTF-8"),
     ("bad_truncated_telegram.json", ExportInvalid, "truncated"),
     ("bad_malformed.json", ExportInvalid, "not valid JSON"),
     ("empty.txt", ExportInvalid, "empty"),
@@ -105,7 +105,7 @@ def test_module_cli_json():
     assert out["messages"] == 12
 
 
-@pytest.mark.parametrize("name", ["bad_truncated_telegram.json", "bad_latin1_whatsapp.txt", "empty.txt"])
+@pytest.mark.parametrize("name", ["bad_truncated_telegram.json", "bad_damaged_utf8_whatsapp.txt", "empty.txt"])
 def test_module_cli_errors(name):
     p = _cli(str(edge(name)), "--json")
     assert p.returncode == 2 and p.stdout == ""

@@ -71,7 +71,7 @@ def test_multiline_messages_round_trip(t, order, layout, msgs):
         for m, (name, parts) in zip(out, msgs):
             assert m.speaker == name or m.kind == "system"
             assert m.time == expected_time(t, layout)
-            kind, text, _ = classify("\n".join(parts), True)
+            kind, text, _, _ = classify("\n".join(parts), True)
             assert (m.kind, m.text) == (kind, text)
 
 
@@ -83,13 +83,15 @@ def test_parser_never_crashes(text):
 
 _TOKENS = ["<Media omitted>", "image omitted", "\u200e", "POLL:", "OPTION: a", "null", "This message was deleted",
            "view once", "(file attached)", "IMG-1.jpg", "<This message was edited>", "location: https://maps.x",
-           "hello", "omitted", "promise", "\n", " ", "Missed voice call", "<attached: 1.jpg>", ">", "<", "é", "👍🏽"]
+           "hello", "omitted", "promise", "\n", " ", "Missed voice call", "<attached: 1.jpg>", ">", "<", "é", "👍🏽",
+           "CV.pdf", "•", "2 pages", "\u200edocument omitted", "Poloha:", "https://maps.apple.com/?ll=1,2",
+           "<Média vynechány>", "Ujumbe huu ulifutwa", ".", "Llamada perdida"]
 
 
 @settings(max_examples=500, deadline=None)
 @given(parts=st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=6), has_author=st.booleans())
 def test_fast_path_agrees_with_every_rule(parts, has_author):
-    from core.chatimport.whatsapp import classify_full
+    from core.chatimport.placeholders import classify_full
 
     text = " ".join(parts)
     assert classify(text, has_author) == classify_full(text, has_author)
