@@ -8,6 +8,13 @@ config and metadata) only reads the header, checks that it lists exactly the ten
 were accepted, and reads the bytes with `preadv` into the slot's own parameters: no
 intermediate tensors and one pass over the data, about a third of `load_file` + `copy_`.
 
+What is verified when: the sha256 of the whole file is computed at its first load and again
+whenever its (size, mtime, ctime, inode) change (core/adapters.py `DigestCache`); a direct
+read does not hash the bytes again (19.6 MB of SHA-256 costs several times the read: see
+docs/performance.md). Any write to the file, in place or not, moves its ctime, which
+`utime` cannot set back, so an edited file is hashed and fully checked again before it is
+served; only the same bytes the full check accepted take this path.
+
 Plain reads, not mmap: a file truncated while it is read raises `AdapterCorrupt` instead of
 killing the process with SIGBUS.
 """

@@ -68,22 +68,49 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _sha256(path: Path, cache: dict | None) -> str:
-    """sha256 of a file, remembered per (size, mtime, inode) so that reloading an evicted
-    adapter does not hash 20 MB again; a rewritten file changes the key."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    if cache is not None and key in cache:
-        return cache[key]
-    digest = sha256_file(path)
-    if cache is not None:
-        if len(cache) > 256:
-            cache.clear()
-        cache[key] = digest
+class DigestCache:
+    """sha256 digests of weights files, remembered per (path, size, mtime, ctime, inode) so
+    that reloading an evicted adapter does not hash 20 MB again. A replaced file changes the
+    inode; a write in place changes the ctime even when the writer sets the size and mtime
+    back (`utime` cannot set the ctime). Safe to share between threads: every read and write
+    of the table holds its own small lock."""
+
+    def __init__(self, limit: int = 256):
+        import threading
+
+        self._lock = threading.Lock()
+        self._digests: dict = {}
+        self._limit = limit
+
+    @staticmethod
+    def key(path: Path) -> tuple:
+        st = path.stat()
+        return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    def get(self, key: tuple) -> str | None:
+        with self._lock:
+            return self._digests.get(key)
+
+    def put(self, key: tuple, digest: str) -> None:
+        with self._lock:
+            if len(self._digests) >= self._limit:
+                self._digests.clear()
+            self._digests[key] = digest
+
+
+def _sha256(path: Path, cache: DigestCache | None) -> str:
+    """sha256 of a file, from `cache` when its key (size, mtime, inode) is unchanged."""
+    if cache is None:
+        return sha256_file(path)
+    key = cache.key(path)
+    digest = cache.get(key)
+    if digest is None:
+        digest = sha256_file(path)  # outside the cache's lock: hashing takes a while
+        cache.put(key, digest)
     return digest
 
 
-def inspect_adapter(folder: Path, expected_sha256: str | None = None, sha_cache: dict | None = None) -> AdapterSpec:
+def inspect_adapter(folder: Path, expected_sha256: str | None = None, sha_cache: DigestCache | None = None) -> AdapterSpec:
     """Read an adapter folder's config and metadata; check the file format and checksum."""
     folder = Path(folder)
     if not folder.is_dir():

@@ -6,22 +6,27 @@ module on every token; SmolLM2 has 210 LoRA modules. Serving needs only
 
     result = base(x) + cast(B @ (A @ cast(x)) * scale)
 
-so each supported LoRA layer gets a `forward` that computes that with the same arithmetic
-as peft, so that its output is bitwise the one peft computes (tests/test_lora_fast.py checks
-logits and tokens against stock peft):
+so each supported LoRA layer gets a `forward` that computes that in peft's order of
+operations. What that guarantees, and where (tests/test_lora_fast.py checks each):
 
-- One token (decode): `torch.mv` instead of `F.linear` on a 1-row matrix: the same dot
-  products (on this CPU's BLAS, bitwise; checked by the tests), without the reshapes and
-  the gemm set-up, which cost as much as the arithmetic at these sizes.
+- Prompts (several tokens, one persona): the same `F.linear` calls on the same shapes as
+  peft, so bitwise peft's output on any machine.
+- One token (decode): `torch.mv` instead of `F.linear` on a 1-row matrix, without the
+  reshapes and the gemm set-up, which cost as much as the arithmetic at these sizes. These
+  are other kernels: the same dot products, but the BLAS may sum them in another order, so
+  the result is within bf16 rounding of `F.linear`'s (bitwise on some CPUs, not all; one
+  with AVX512-FP16 differs). `self_check` measures that at engine start; where it fails,
+  `use_vector(False)` sends one-token steps through `F.linear`, bitwise peft again.
 - Scale folded into B where that is exact: multiplying by a power of two only moves the
-  exponent, so `(B @ h) * s == (s * B) @ h` bit for bit; peft's `scaling` is then 1.0 and its
-  own forward (kept for everything else) still computes the same numbers.
+  exponent, so `(B @ h) * s == (s * B) @ h` bit for bit with any kernel; peft's `scaling` is
+  then 1.0 and its own forward (kept for everything else) still computes the same numbers.
 - Rows: for a batch whose rows want different personas, each row applies its own slot's
   matrices (matrix-vector products into one buffer for the batch, then one cast and one
   add), where peft gathers and scatters a sub-batch per adapter. The base model's 4-bit
-  matmuls, the expensive part, serve all rows at once. (Stacking the rows' matrices for
-  `torch.bmm`, Punica/S-LoRA style, was tried: it is not bitwise F.linear for small
-  shapes on this BLAS, and it copies every row's adapter once per group.)
+  matmuls, the expensive part, serve all rows at once. A batch runs other kernel shapes
+  than a row alone (and than peft's sub-batches): within bf16 rounding of them, the same
+  greedy tokens in the tests. (Stacking the rows' matrices for `torch.bmm`, Punica/S-LoRA
+  style, was tried: it copies every row's adapter once per group.)
 
 Switching persona sets one attribute (`FastLora.active`); each layer looks its slot up in a
 dict. Layers of other kinds (embedding LoRA, lora_bias, variants: Chorus refuses such
@@ -49,10 +54,14 @@ class _Entry:
 
     __slots__ = ("A", "B", "scale", "mv", "h")
 
-    def __init__(self, A, B, scale):
+    def __init__(self, A, B, scale, vector=True):
         self.A, self.B, self.scale = A, B, scale
-        self.mv = A.dtype == torch.float32  # mv == F.linear bitwise is checked for fp32 only
-        self.h = A.new_empty(A.shape[0]) if self.mv else None
+        self.h = A.new_empty(A.shape[0])
+        self.use_mv(vector)
+
+    def use_mv(self, vector: bool) -> None:
+        # fp32 LoRA matrices only (the NF4 case): self_check measures mv against F.linear there.
+        self.mv = vector and self.A.dtype == torch.float32
 
 
 class _State:
@@ -90,7 +99,7 @@ def _forward(layer, x, *args, **kwargs):
         return result
     if e.mv and st.vec_ok and x.shape == st.one and result.dtype == _BF16 and not _grad_on():
         # One token: x in fp32 (once for q/k/v and once for gate/up), A @ x, B @ h, cast, add;
-        # into buffers, no allocations. The same values as F.linear (see the module docstring).
+        # into buffers, no allocations. Within bf16 rounding of F.linear (module docstring).
         if owner.seen is not x or owner.seen_buffer is not st.x32:  # siblings pass the same tensor
             st.x32_3d.copy_(x)
             owner.seen, owner.seen_buffer = x, st.x32
@@ -181,6 +190,7 @@ class FastLora:
     def __init__(self):
         self.active: str | None = None  # the slot every layer applies; None: the bare base
         self.stock_only = False  # True: every layer runs peft's own forward (for comparisons)
+        self.vector = True  # one-token steps by torch.mv (False: F.linear, see use_vector)
         self._slots: dict[str, list] = {}  # slot -> the layers that hold an entry for it
         self._plain_cache: dict[str, list] = {}  # slot -> per-layer "runs the lean forward"
         self._inputs: dict[tuple, object] = {}  # (in_features, rows) -> fp32 input buffer
@@ -203,8 +213,8 @@ class FastLora:
         from peft.tuners.lora import Linear as LoraLinear
 
         for layer in layers:
-            # CPU only: the buffers are CPU tensors, and the speed and the bitwise match with
-            # peft were measured on the CPU's BLAS. On CUDA every layer keeps peft's forward.
+            # CPU only: the buffers are CPU tensors, and the speed was measured (and the engine's
+            # self-check runs) on the CPU's BLAS. On CUDA every layer keeps peft's forward.
             if "_chorus" in layer.__dict__ or not supported(layer) or layer.base_layer.weight.device.type != "cpu":
                 continue
             layer._chorus = _State(self, layer, layer.forward, type(layer) is LoraLinear)
@@ -228,7 +238,7 @@ class FastLora:
             st = layer._chorus
             entry = st.entries.get(name)
             if entry is None:
-                st.entries[name] = _Entry(layer.lora_A[name].weight, layer.lora_B[name].weight, scale)
+                st.entries[name] = _Entry(layer.lora_A[name].weight, layer.lora_B[name].weight, scale, self.vector)
             else:
                 entry.scale = scale
             holders.append(layer)
@@ -250,6 +260,15 @@ class FastLora:
             and getattr(layer.lora_B[name], "bias", None) is None
             and not getattr(layer, "merged_adapters", None)
         )
+
+    def use_vector(self, on: bool) -> None:
+        """One-token steps by torch.mv (on) or by F.linear, peft's own kernel (off), for
+        every slot from now on (the engine turns it off when `self_check` fails)."""
+        self.vector = on
+        for layers in self._slots.values():
+            for layer in layers:
+                for entry in layer._chorus.entries.values():
+                    entry.use_mv(on)
 
     def remove_slot(self, name: str) -> None:
         self._plain_cache.pop(name, None)
@@ -291,3 +310,33 @@ class FastLora:
         finally:
             for layer in plans:
                 layer._chorus.rows = None
+
+
+def self_check(shapes, rank: int = 16, seed: int = 0) -> str | None:
+    """Compare the one-token kernel (`_mv`, as the lean forwards call it) with F.linear on
+    this machine, for LoRA matrices of the model's linear shapes (in, out) at `rank`.
+    None when they agree within bf16 rounding; else what disagreed. A few ms.
+
+    The bound, per output element, with m = |B| @ (|A| @ |x|) (the sum of the products'
+    magnitudes): two fp32 sums of the same n products in different orders differ by at
+    most about n * 2**-24 * m (n = in + rank over the two products); each result is then
+    rounded to bf16 (8 significant bits: off by at most 2**-8 of its value), so the bf16
+    values that reach the model differ by at most n * 2**-24 * m + 2**-8 * (|fast| + |ref|).
+    A kernel that computes something else (even 2% off) lands outside it.
+    CPU tensors: the lean forwards run on the CPU only."""
+    g = torch.Generator().manual_seed(seed)
+    for n_in, n_out in sorted(set(shapes)):
+        A = torch.randn(rank, n_in, generator=g) * 0.05
+        B = torch.randn(n_out, rank, generator=g) * 0.05
+        x = torch.randn(n_in, generator=g).bfloat16().float()  # inputs come from bf16 activations
+        with torch.no_grad():
+            fast = _mv(B, _mv(A, x, out=A.new_empty(rank)), out=B.new_empty(n_out))
+            ref = F.linear(F.linear(x.view(1, 1, n_in), A), B).view(-1)
+            m = torch.mv(B.abs(), torch.mv(A.abs(), x.abs()))
+            bound = (n_in + rank) * 2.0**-24 * m + 2.0**-8 * (fast.abs() + ref.abs())
+            off = (fast.bfloat16().float() - ref.bfloat16().float()).abs()
+        if not bool((off <= bound).all()):
+            worst = int((off - bound).argmax())
+            return (f"torch.mv and F.linear differ beyond bf16 rounding for a {n_out}x{rank}x{n_in} LoRA "
+                    f"({float(fast[worst]):.4g} against {float(ref[worst]):.4g})")
+    return None

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from core.chat import ChatService
+from core.device import model_device, pick_device
 from core.engine import Engine, GenerationSettings
 from core.model_source import EMBEDDED_NAME, ModelSource, resolve_model
 from core.starter import seed_starters
@@ -36,7 +37,8 @@ def embedded_engine(embedded_model_dir):
 
 def test_engine_loads_nf4_and_reports_its_footprint(embedded_engine):
     info = embedded_engine.info
-    assert info.quantization.startswith("NF4") and info.device == "cpu"
+    assert info.quantization.startswith("NF4") and info.device == pick_device()
+    assert model_device(embedded_engine.model).type == info.device
     assert 80 < info.footprint_mb < 140  # about 0.41x of the 257 MB bf16 model
     assert type(embedded_engine.model.model.layers[5].mlp.down_proj).__name__ == "Linear4bit"
 

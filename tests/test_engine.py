@@ -27,9 +27,11 @@ def ref(name, folder):
 
 
 def test_engine_reports_quantization_device_and_footprint(tiny_engine):
+    from core.device import model_device, pick_device
+
     status = tiny_engine.status()
     assert status["quantization"].startswith("NF4")
-    assert status["device"] == "cpu"
+    assert status["device"] == pick_device() == model_device(tiny_engine.model).type
     assert 0 < status["footprint_mb"] < 50
     assert status["resident_adapters"] == []
     layer = tiny_engine.model.model.layers[0].self_attn.q_proj

@@ -1,12 +1,15 @@
 """On the embedded SmolLM2-135M in NF4 with rank-16 adapters on every linear layer (the
-shapes the benchmark measures): the lean one-persona and per-row paths give bitwise the
-logits, and so the tokens, of stock peft."""
+shapes the benchmark measures), against stock peft: bitwise where the same kernels run on
+the same shapes (a persona's prompt, and its decode steps on the reference path); within
+bf16 rounding with the same greedy tokens where the kernels differ (torch.mv decode steps,
+a batch of per-row adapters against peft's adapter_names batch)."""
 
 import pytest
 import torch
 
 from core.engine import AdapterRef, Engine, GenerationSettings
 from core.model_source import EMBEDDED_NAME, ModelSource
+from tests.rounding import assert_within_bf16_rounding
 
 pytestmark = pytest.mark.embedded
 
@@ -22,7 +25,7 @@ def steps(model, ids, n=4, **extra):
     return torch.stack(out)
 
 
-def test_lean_paths_match_stock_peft_bitwise_on_the_embedded_model(embedded_model_dir, tmp_path):
+def test_lean_paths_match_stock_peft_on_the_embedded_model(embedded_model_dir, tmp_path):
     from peft import PeftModel
 
     from core.loader import load_base
@@ -35,6 +38,7 @@ def test_lean_paths_match_stock_peft_bitwise_on_the_embedded_model(embedded_mode
         for name, seed, alpha in (("two", 1, 32), ("odd", 2, 24))  # scale 2 is folded into B, 1.5 is not
     }
     engine = Engine.load(source, max_resident=2)
+    assert engine.status()["fast_paths"]["ok"], engine.status()["fast_paths"]
     model, tok, _ = load_base(source)
     stock = PeftModel.from_pretrained(model, str(folders["two"]), adapter_name="two")
     stock.load_adapter(str(folders["odd"]), adapter_name="odd")
@@ -46,14 +50,23 @@ def test_lean_paths_match_stock_peft_bitwise_on_the_embedded_model(embedded_mode
     for name, slot in slots.items():
         engine.pool.activate(slot)
         stock.set_adapter(name)
-        assert torch.equal(steps(engine.model, x), steps(stock, x)), name
+        theirs = steps(stock, x)
+        fast = steps(engine.model, x)
+        assert torch.equal(fast[0], theirs[0]), name  # the prompt: F.linear on the same shapes as peft
+        assert_within_bf16_rounding(fast, theirs)  # decode steps: torch.mv against F.linear
+        engine.pool.fast.use_vector(False)  # the reference path: F.linear on peft's shapes
+        try:
+            assert torch.equal(steps(engine.model, x), theirs), name
+        finally:
+            engine.pool.fast.use_vector(True)
     engine.pool.activate(None)
     rows = ["two", None, "odd", "two"]
     batch = torch.tensor([ids] * 4)
     with torch.inference_mode(), engine.pool.rows([slots[n] if n else None for n in rows]) as lean:
         assert lean
         ours = steps(engine.model, batch)
-    assert torch.equal(ours, steps(stock, batch, adapter_names=[n or "__base__" for n in rows]))
+    # Per-row products against peft's per-adapter sub-batches: other kernel shapes.
+    assert_within_bf16_rounding(ours, steps(stock, batch, adapter_names=[n or "__base__" for n in rows]))
     settings = GenerationSettings(temperature=0, max_new_tokens=16, seed=1)
     alone = [engine.generate(ids, AdapterRef(n, folders[n]) if n else None, settings) for n in rows]
     assert engine.generate_group([(ids, AdapterRef(n, folders[n]) if n else None) for n in rows], settings) == alone

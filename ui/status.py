@@ -69,6 +69,9 @@ def status_html(runtime, persona_names: dict[str, str] | None = None, user_switc
     gen = info.get("last_generation") or {}
     if gen.get("tok_s"):
         parts.append(f"{esc(gen['tok_s'])} tok/s")
+    fast = info.get("fast_paths") or {}
+    if fast and not fast.get("ok", True):  # the engine's self-check turned a kernel off
+        parts.append(f"fast paths: {esc(fast.get('summary'))}")
     parts.extend(training_text(runtime.store))
     return '<div class="ch-status ch-status-ok">' + " · ".join(parts) + "</div>"
 
