@@ -40,17 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("personas", parents=[common], help="list personas")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("chat", parents=[common], help="send one message to a persona and print the reply")
+    p = sub.add_parser("chat", parents=[common], help="send one message to a persona and print the reply (only the reply goes to stdout)")
     p.add_argument("persona", help="persona id or name")
     p.add_argument("message", help="your message")
     p.add_argument("--conversation", default=None, help="continue this conversation id")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--json", action="store_true", help="print one JSON object (conversation, persona, reply) instead of the streamed reply")
 
     p = sub.add_parser("inspect", parents=[common], help="read a chat export and say what is in it")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from core.chatimport.cli import add_inspect_options
+
+    add_inspect_options(p)  # --sample SPEAKER [N], --keep BODY
 
     p = sub.add_parser("import", parents=[common], help="import a character card (.png, .json) or a persona bundle (.charx)")
     p.add_argument("file", help="the card or bundle to import")
@@ -60,14 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("persona", help="persona id or name")
     p.add_argument("--out", required=True, help="file to write; the extension picks the format: .charx/.zip (with the adapter), .png, .json")
 
-    p = sub.add_parser("train", parents=[common], help="train a persona's voice from a chat export (QLoRA, in the background)")
-    p.add_argument("export", help="the chat export (any format `inspect` reads)")
-    p.add_argument("--speaker", required=True, help="whose voice to learn: a speaker name as `inspect` lists it")
-    p.add_argument("--persona", required=True, help="persona to train: an existing one (id or name) gets a new adapter version, another name creates it")
+    p = sub.add_parser(
+        "train", parents=[common], help="train a persona's voice from a chat export (QLoRA, in the background); list, follow, cancel or resume runs",
+        description="Start a run with EXPORT --speaker NAME --persona NAME, or manage runs with one of --runs, --attach, --cancel, --resume. "
+        "The run goes on if this terminal closes; running the same command again follows it. "
+        "Exit codes when following a run: 0 finished, 1 failed, 3 cancelled, 130 Ctrl-C.",
+    )
+    p.add_argument("export", nargs="?", default=None, help="the chat export (any format `inspect` reads); needed to start a run")
+    p.add_argument("--speaker", default=None, help="whose voice to learn: a speaker name as `inspect` lists it; needed to start a run")
+    p.add_argument("--persona", default=None, help="persona to train: an existing one (id or name) gets a new adapter version, another name creates it; needed to start a run")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: chosen from the data)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16; alpha follows at 2x rank)")
     p.add_argument("--config", default=None, help='more training settings as JSON, e.g. \'{"learning_rate": 5e-4}\'')
-    p.add_argument("--json", action="store_true", help="progress to stderr; stdout ends with one JSON object")
+    p.add_argument("--runs", action="store_true", help="list the training runs: state, progress, loss, ETA")
+    p.add_argument("--attach", metavar="RUN", default=None, help="follow a run's progress until it ends (Ctrl-C stops watching, not the run)")
+    p.add_argument("--cancel", metavar="RUN", default=None, help="stop a run after its current step (it can be resumed)")
+    p.add_argument("--resume", metavar="RUN", default=None, help="continue a failed or cancelled run from its last checkpoint, and follow it")
+    p.add_argument("--json", action="store_true", help="stdout is one JSON object (a list for --runs); progress goes to stderr")
 
     p = sub.add_parser("export-conversation", parents=[common], help="export a conversation as Markdown (.md) or OpenAI chat JSONL (.jsonl)")
     p.add_argument("conversation", help="conversation id")
@@ -99,6 +112,30 @@ def cmd_personas(args) -> int:
     return 0
 
 
+class _ReplyPrinter:
+    """Streams a reply to stdout exactly as it is saved: stripped at both ends (the saved
+    message is stripped), so `chat ... > reply.txt` holds the stored reply and a newline."""
+
+    def __init__(self):
+        self.started = False
+        self.held = ""  # trailing whitespace, written only if more text follows
+
+    def write(self, piece: str) -> None:
+        text = self.held + piece
+        if not self.started:
+            text = text.lstrip()
+        body = text.rstrip()
+        self.held = text[len(body):]
+        if body:
+            self.started = True
+            sys.stdout.write(body)
+            sys.stdout.flush()
+
+    def end(self) -> None:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
 def cmd_chat(args) -> int:
     from core.engine import GenerationSettings
     from core.runtime import Runtime, RuntimeOptions
@@ -108,23 +145,33 @@ def cmd_chat(args) -> int:
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
     if args.conversation:
         runtime.store.conversations.get(args.conversation)
-    chat = runtime.load()
+    chat = runtime.load()  # its progress goes to stderr
     conv_id = args.conversation or chat.start_conversation(persona["id"])["id"]
-    print(f"\n{persona['name']}: ", end="", flush=True)
+    out = _ReplyPrinter()
+    reply, labelled = "", False
     for event in chat.send(conv_id, persona["id"], args.message, settings):
-        if event.kind == "delta":
-            print(event.text, end="", flush=True)
+        if event.kind == "delta" and not args.json:
+            if not labelled:  # the speaker's name labels the reply for people; it is not the answer
+                labelled = True
+                print(f"\n{persona['name']}: ", end="", file=sys.stderr, flush=True)
+            out.write(event.text)
         elif event.kind == "warning":
-            print(f"\n[warning] {event.text}", file=sys.stderr)
-    print()
-    print(f"(conversation {conv_id}; continue with --conversation {conv_id})", file=sys.stderr)
+            print(f"[warning] {event.text}", file=sys.stderr)
+        elif event.kind == "done":
+            reply = event.text
+    if args.json:
+        print(json.dumps({"conversation": conv_id, "persona_id": persona["id"], "persona": persona["name"], "reply": reply},
+                         ensure_ascii=False))
+    else:
+        out.end()
+        print(f"(conversation {conv_id}; continue with --conversation {conv_id})", file=sys.stderr)
     return 0
 
 
 def cmd_inspect(args) -> int:
     from core.chatimport.cli import inspect_command
 
-    return inspect_command(args.file, args.json)
+    return inspect_command(args.file, args.json, args.sample, args.keep)
 
 
 def cmd_import(args) -> int:

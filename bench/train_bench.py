@@ -1,12 +1,19 @@
 """Persona-training benchmark on the embedded model: the default pipeline on a 1,000-message
 export, and chat latency in the serving process before and while it trains.
 
-    python bench/train_bench.py [--messages 1000] [--steps N] [--chat-tokens 32]
+    python bench/train_bench.py [--messages 1000] [--steps N] [--chat-tokens 32] [--no-chat] [--config JSON]
 
-Prints one JSON object: s/step, tokens/s, peak RSS of the training process, wall time of
-the whole run, held-out loss and perplexity before/after, and the median latency of a
-fixed-length greedy chat reply before and during training. Uses the worker process and
-TrainingService exactly as the app does.
+Prints one JSON object: s/step, trained tokens/s, peak RSS of the training process, wall
+time of the whole run, the plan (micro-batch picked from the memory budget, gradient
+accumulation), the loss curve (training and held-out), held-out loss and perplexity
+before/after, and the median latency of a fixed-length greedy chat reply before and
+during training. Uses the worker process and TrainingService exactly as the app does.
+
+"Trained tokens" are the non-padding tokens of the training batches (prompt and reply:
+everything that goes through forward and backward), per second of the training stage
+with the held-out evaluations in it left out. Peak RSS is the worker's `ru_maxrss` over
+the whole run (loading, evaluations, training, samples). With `--no-chat` nothing else
+runs while it trains: use it for the tokens/s and memory figures.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: the automatic plan")
     ap.add_argument("--chat-tokens", type=int, default=32)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--no-chat", action="store_true", help="no chat replies while it trains (for the tokens/s figure)")
+    ap.add_argument("--config", default=None, help='TrainConfig fields as JSON, e.g. {"memory_budget_mb": 4096}')
     a = ap.parse_args()
     quiet_libraries()
     tmp = Path(tempfile.mkdtemp(prefix="train-bench-"))
@@ -54,7 +63,7 @@ def main() -> None:
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     chat_latency(engine, ids, 4)  # warm-up
     idle = [chat_latency(engine, ids, a.chat_tokens) for _ in range(3)]
-    config = {"max_steps": a.steps} if a.steps else {}
+    config = {**json.loads(a.config or "{}"), **({"max_steps": a.steps} if a.steps else {})}
     t0 = time.perf_counter()
     run_id = svc.start(export, "Mara", persona_name="Mara", consent=True, config=config)
     busy = []
@@ -62,7 +71,7 @@ def main() -> None:
         st = svc.status(run_id, history=False)
         if st["state"] not in ("queued", "running", "cancelling"):
             break
-        if st["stage"] == "training" and st["step"] >= 2:
+        if st["stage"] == "training" and st["step"] >= 2 and not a.no_chat:
             busy.append(chat_latency(engine, ids, a.chat_tokens))
             time.sleep(2)
         else:
@@ -78,10 +87,13 @@ def main() -> None:
         "plan": st["plan"],
         "steps": st["step"],
         "s_per_step": live["s_per_step"],
-        "tokens_per_s": live["tokens_per_s"],
+        "trained_tokens_per_s": live["tokens_per_s"],
+        "trained_tokens": "non-padding tokens (prompt and reply) through forward and backward, per second of training, evaluations excluded",
         "train_seconds": result.get("train_seconds"),
         "run_wall_seconds": round(wall, 1),
         "worker_peak_rss_mb": result.get("peak_rss_mb"),
+        "data": {k: (st.get("data") or {}).get(k) for k in ("train", "validation", "held_out_honesty", "truncated", "train_label_tokens")},
+        "loss_curve": st["history"],
         "heldout_before": ev.get("before"),
         "heldout_after": ev.get("after"),
         "samples": ev.get("samples"),

@@ -56,7 +56,7 @@ def main() -> None:
         ex = build_examples(load_export(export), a.speaker, count_tokens=lambda s: len(tokenizer.encode(s)))
         cfg = TrainConfig(learning_rate=lr, max_steps=a.steps, eval_every=a.eval_every, save_every=10_000)
         lens = lengths(tokenizer, system, ex.train)
-        p = plan(cfg, len(ex.train), len(ex.validation), lens, "cpu")
+        p = plan(cfg, len(ex.train), len(ex.validation), lens, "cpu", model.config)
         train = encode_all(tokenizer, system, ex.train, p.max_seq_len).items
         held = encode_all(tokenizer, system, ex.validation[-a.eval_examples :], p.max_seq_len).items
         model = add_lora(model, cfg, gradient_checkpointing=False)

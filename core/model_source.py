@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,7 @@ Progress = Callable[[str], None]
 
 
 def _say(msg: str) -> None:
-    print(msg, flush=True)
+    print(msg, file=sys.stderr, flush=True)  # progress is status, never a command's answer
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,14 @@
 
 The web page is usable while the model loads; anything that needs the model asks the
 runtime, which either hands out the chat service or says plainly that it is loading.
+A training run asked for while the model loads waits here and starts once it is ready
+(`start_training`, `waiting_training`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +21,8 @@ from core.errors import ChorusError
 from core.logs import quiet_libraries
 from core.model_source import resolve_model
 from core.starter import seed_starters
-from core.training.service import TrainingService
+from core.training.config import TrainConfig
+from core.training.service import TrainingBusy, TrainingService
 from storage.store import Store
 
 
@@ -46,10 +50,14 @@ class Runtime:
         self.started = time.time()
         self._training = None
         self._closed = threading.Event()
+        # Training runs asked for before the model was ready: token -> {"request", "run", "error"}.
+        self._waiting: dict[str, dict] = {}
+        self._waiting_lock = threading.Lock()
 
     def _note(self, message: str) -> None:
         self.progress.append(message)
-        print(message, flush=True)
+        # Status, not an answer: stderr, so `app.py chat ... > reply.txt` holds only the reply.
+        print(message, file=sys.stderr, flush=True)
 
     def load(self) -> ChatService:
         """Load the model in this thread (command line) and return the chat service."""
@@ -65,9 +73,11 @@ class Runtime:
                 context_limit=self.options.context_limit,
             )
             self._chat = ChatService(self.store, engine)
-            self._training = TrainingService(self.store, engine)
-            self._training.mark_seen()  # adapters of runs finished before this start are loaded on demand
+            training = TrainingService(self.store, engine)
+            training.mark_seen()  # adapters of runs finished before this start are loaded on demand
             self._note(f"Model ready: {engine.info.name}, {engine.info.quantization}, {engine.info.footprint_mb} MB.")
+            with self._waiting_lock:
+                self._training = training
         except ChorusError as exc:
             self._error = exc
             raise
@@ -76,7 +86,60 @@ class Runtime:
             raise self._error from exc
         finally:
             self._ready.set()
+            self._start_waiting()
         return self._chat
+
+    # training asked for while the model loads -------------------------------------------
+
+    def start_training(self, **request) -> dict:
+        """Start a training run (`request`: TrainingService.start's arguments): {"run": id}
+        when the model is ready; while it loads, {"waiting": token}: the run starts when it
+        is ready (see `waiting_training`). A failed load raises its error."""
+        with self._waiting_lock:
+            if self._training is None and self._error is None:
+                if not request.get("consent"):
+                    raise ChorusError("Confirm that you may use the messages of the person whose voice is learned.")
+                TrainConfig.from_dict(request.get("config"))  # a bad setting is said now, not after the load
+                if any(w["run"] is None and w["error"] is None for w in self._waiting.values()):
+                    raise TrainingBusy("A training run is already waiting for the model to load; it starts when the model is ready.")
+                token = f"waiting-{len(self._waiting) + 1}"
+                self._waiting[token] = {"request": dict(request), "run": None, "error": None, "cancelled": False}
+                return {"waiting": token}
+        return {"run": self.training.start(**request)}
+
+    def waiting_training(self, token: str) -> dict | None:
+        """A queued request: {"speaker", "persona_name", "run" (its id once started),
+        "error" (why it did not start), "cancelled", "note" (the loading progress)}."""
+        with self._waiting_lock:
+            w = self._waiting.get(token)
+            if w is None:
+                return None
+            req = w["request"]
+            return {"speaker": req.get("speaker"), "persona_name": req.get("persona_name"), "run": w["run"],
+                    "error": w["error"], "cancelled": w["cancelled"],
+                    "note": "the model is ready; starting the run" if self._training else self._last()}
+
+    def cancel_waiting(self, token: str) -> None:
+        with self._waiting_lock:
+            w = self._waiting.get(token)
+            if w and w["run"] is None and w["error"] is None:
+                w["cancelled"] = True
+
+    def _start_waiting(self) -> None:
+        """Start the runs queued while the model loaded (in the loading thread), or say
+        why they cannot start."""
+        with self._waiting_lock:
+            todo = [w for w in self._waiting.values() if w["run"] is None and w["error"] is None and not w["cancelled"]]
+        for w in todo:
+            if self._training is None:
+                w["error"] = f"Training did not start: {self._error or 'the model could not be loaded.'}"
+                continue
+            try:
+                w["run"] = self._training.start(**w["request"])
+            except ChorusError as exc:
+                w["error"] = f"Training did not start: {exc}"
+            except Exception as exc:  # the loading thread must not die of it; the page says it
+                w["error"] = f"Training did not start: {type(exc).__name__}: {exc}"
 
     def load_in_background(self) -> threading.Thread:
         def run():
@@ -115,8 +178,9 @@ class Runtime:
         """The training service (it trains on the model being served, so it waits for it)."""
         if self._training is not None:
             return self._training
-        self.chat  # raises the load error, or ModelLoading with the progress so far
-        raise ModelLoading("The model is still loading.")
+        if self._error is not None:
+            raise self._error
+        raise ModelLoading(f"The model is still loading ({self._last()}); training can start once it is ready.")
 
     @property
     def ready(self) -> bool:
@@ -136,5 +200,7 @@ class Runtime:
             return self._chat
         if self._error is not None:
             raise self._error
-        last = self.progress[-1] if self.progress else "starting"
-        raise ModelLoading(f"The model is still loading ({last}). Your message was not sent; try again in a moment.")
+        raise ModelLoading(f"The model is still loading ({self._last()}). Your message was not sent; try again in a moment.")
+
+    def _last(self) -> str:
+        return self.progress[-1] if self.progress else "starting"

@@ -83,6 +83,27 @@ class DatabaseHandle:
         return db
 
     @contextmanager
+    def immediate(self):
+        """A write transaction that takes SQLite's write lock at its start (BEGIN IMMEDIATE),
+        so a check and the write that depends on it see no other writer in between, in
+        this process or another. Nested transactions inside it become savepoints."""
+        db = self.db
+        try:
+            with self._write_lock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.conn.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc).lower() or "disk" in str(exc).lower():
+                raise save_failed("your change", exc) from None
+            raise
+
+    @contextmanager
     def transaction(self):
         """One atomic write: everything inside commits together or not at all."""
         try:

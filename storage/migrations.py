@@ -123,3 +123,12 @@ def m002_training(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX idx_training_progress_run ON training_progress(run_id, step)")
+
+
+@migrations()
+def m003_training_owner(db: Database) -> None:
+    # Who started (or resumed) a run, from when: between the queued row and the worker's
+    # pid (the export is copied first, up to 2 GB) the run is alive while its owner is.
+    db.execute("ALTER TABLE training_runs ADD COLUMN owner_host TEXT")
+    db.execute("ALTER TABLE training_runs ADD COLUMN owner_pid INTEGER")
+    db.execute("ALTER TABLE training_runs ADD COLUMN owned_since TEXT")

@@ -8,15 +8,22 @@ and read by the UI for the progress bar and the loss plot.
 
 Statuses: queued -> running -> finished | failed | cancelled, with `cancelling` while a
 cancel waits for the current step to end. failed and cancelled runs can be resumed.
+
+One run at a time: `create` and `requeue` check that no run is active and write in one
+BEGIN IMMEDIATE transaction, so two starts at once (threads or processes) cannot both
+pass the check. Each records its owner (host, pid, since when): until the worker's pid
+is recorded, a queued run is alive while the process that queued it is.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import uuid
 
 from storage.db import DatabaseHandle, decode_json, now
-from storage.errors import NotFound
+from storage.errors import ChorusError, NotFound
 
 STATUSES = ("queued", "running", "cancelling", "cancelled", "failed", "finished")
 ACTIVE = ("queued", "running", "cancelling")
@@ -25,6 +32,19 @@ _JSON = ("config", "evaluation")
 
 def _decode(row: dict) -> dict:
     return decode_json(row, dict.fromkeys(_JSON, dict))
+
+
+class RunActive(ChorusError):
+    """Another run is active; `.row` is that run."""
+
+    def __init__(self, row: dict):
+        super().__init__(f"A training run ({row['id']}, {row['speaker']}) is still going; wait for it or cancel it.")
+        self.row = row
+
+
+def owner() -> dict:
+    """This process as the owner of a run it queues."""
+    return {"owner_host": socket.gethostname(), "owner_pid": os.getpid(), "owned_since": now()}
 
 
 class TrainingRuns:
@@ -36,9 +56,12 @@ class TrainingRuns:
         return self._h.db
 
     def create(self, *, speaker: str, export_name: str, config: dict, persona_id: str | None = None) -> dict:
+        """Insert a queued run owned by this process; raises RunActive if a run is active
+        (checked in the same transaction)."""
         run_id = now()[:10].replace("-", "") + "-" + uuid.uuid4().hex[:8]
         stamp = now()
-        with self._h.transaction():
+        with self._h.immediate():
+            self._refuse_if_active()
             self._db["training_runs"].insert(
                 {
                     "id": run_id,
@@ -49,9 +72,28 @@ class TrainingRuns:
                     "status": "queued",
                     "created": stamp,
                     "updated": stamp,
+                    **owner(),
                 }
             )
         return self.get(run_id)
+
+    def requeue(self, run_id: str, expected: tuple[str, ...] = ("failed", "cancelled")) -> bool:
+        """A failed or cancelled run back to queued, owned by this process, with no error;
+        raises RunActive if another run is active. False if the run is not in `expected`."""
+        with self._h.immediate() as db:
+            self._refuse_if_active()
+            marks = ",".join("?" * len(expected))
+            sets = {"status": "queued", "error": None, "pid": None, "updated": now(), **owner()}
+            cur = db.execute(
+                f"UPDATE training_runs SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ? AND status IN ({marks})",
+                [*sets.values(), run_id, *expected],
+            )
+        return cur.rowcount > 0
+
+    def _refuse_if_active(self) -> None:
+        busy = self.active()
+        if busy:
+            raise RunActive(busy[0])
 
     def get(self, run_id: str) -> dict:
         rows = list(self._db["training_runs"].rows_where("id = ?", [run_id]))

@@ -290,8 +290,11 @@ class ChatView:
                 c.edit_cancel = gr.Button("Cancel", size="sm", elem_id="ch-edit-cancel")
         c.edit_target = gr.State(None)
         with gr.Row(equal_height=True):
+            # lines=1 with max_lines>1: Gradio's textarea then submits on Enter and leaves
+            # Shift+Enter to add a line, growing up to max_lines (with lines>1 it is the other
+            # way round: Shift+Enter submits), as the placeholder promises.
             c.box = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter for a new line)", show_label=False,
-                               lines=2, max_lines=10, scale=8, elem_id="ch-input", autofocus=True)
+                               lines=1, max_lines=10, scale=8, elem_id="ch-input", autofocus=True)
             with gr.Column(scale=1, min_width=110):
                 c.send = gr.Button("Send", variant="primary", elem_id="ch-send")
                 c.stop = gr.Button("Stop", variant="stop", elem_id="ch-stop")

@@ -81,6 +81,7 @@ def serve(args) -> int:
     print(start_message(args.host, args.port, auth), file=sys.stderr, flush=True)
     demo.queue(default_concurrency_limit=8).launch(
         server_name=args.host, server_port=args.port, auth=auth, inbrowser=False, show_error=False,
+        quiet=True,  # Gradio's own "Running on ..." banner goes to stdout; ours above is on stderr
         **launch_options(runtime),
     )
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ui.render import esc, when
 
 STATE_LABELS = {
+    "waiting": "Waiting for the model to load",
     "queued": "Starting",
     "running": "Training",
     "cancelling": "Cancelling after this step",
@@ -30,6 +31,25 @@ def duration(seconds) -> str:
 
 def who(st: dict) -> str:
     return f"{esc(st['speaker'])} → {esc(st.get('persona_name') or st['speaker'])}"
+
+
+LOADING_NOTE = ('<div class="tr-empty">The model is loading; training uses it. You can upload an export, fill in '
+                "the form and press Train meanwhile: the run starts when the model is ready.</div>")
+
+
+def waiting_html(waiting: dict) -> str:
+    """A run asked for while the model loads (core.runtime.Runtime.waiting_training)."""
+    name = f"{esc(waiting['speaker'])} → {esc(waiting.get('persona_name') or waiting['speaker'])}"
+    if waiting.get("error"):
+        return (f'<div class="tr-run tr-failed" data-state="not-started"><div class="tr-head"><b>{name}</b> '
+                f'<span class="tr-state">Not started</span></div><div class="tr-error">{esc(waiting["error"])}</div></div>')
+    return (
+        f'<div class="tr-run tr-waiting" data-state="waiting">'
+        f'<div class="tr-head"><b>{name}</b> <span class="tr-state">{STATE_LABELS["waiting"]}</span></div>'
+        '<div class="tr-bar" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="0">'
+        '<div class="tr-fill" style="width:0%"></div></div>'
+        f'<div class="tr-facts">Training starts when the model is ready. Now: {esc(waiting.get("note") or "starting")}</div></div>'
+    )
 
 
 def progress_html(st: dict | None) -> str:

@@ -4,6 +4,8 @@ evaluation, a button to chat with the result, the list of past runs).
 
 Training itself runs in a worker process (`core.training`); this view only starts it and
 reads its progress from the store on a timer, so closing the page never stops a run.
+Pressed while the model loads, Train queues the run (core.runtime): it starts when the
+model is ready, and the progress area says that it waits.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from core.training.service import inspect_export
 from storage.training_runs import ACTIVE
 from ui import notify
 from ui.cards_view import NEW  # the same "a new persona" choice as the persona editor's
-from ui.training_render import evaluation_html, export_summary, progress_html, run_choice, runs_html
+from ui.training_render import (LOADING_NOTE, evaluation_html, export_summary, progress_html, run_choice, runs_html,
+                                waiting_html)
 
 POLL_S = 2.0
 AUTO_FIELDS = ("max_steps", "max_seq_len")  # 0 in the form means "choose from the data"
@@ -47,7 +50,7 @@ def _defaults() -> dict:
 
 def new_state() -> dict:
     """Per browser tab: the run shown, and what was last sent to the page (to skip redraws)."""
-    return {"run": None, "plot": None, "eval": None, "runs": None, "run_state": None}
+    return {"run": None, "waiting": None, "plot": None, "eval": None, "runs": None, "run_state": None}
 
 
 class TrainingView:
@@ -108,18 +111,38 @@ class TrainingView:
         persona_id = None if target in (None, NEW) else target
         card = {"name": (name or speaker).strip(), "greeting": (greeting or "").strip()}
         try:
-            svc = self.runtime.training
-            run_id = svc.start(info["path"], speaker, persona_name=card["name"], persona_id=persona_id, card=card,
-                               config=config, consent=True)
+            started = self.runtime.start_training(export_path=info["path"], speaker=speaker, persona_name=card["name"],
+                                                  persona_id=persona_id, card=card, config=config, consent=True)
         except ChorusError as exc:
             raise notify.error(str(exc)) from None
+        if "waiting" in started:
+            notify.info(f"The model is still loading; training {speaker}'s voice starts as soon as it is ready. "
+                        "You can leave this page.")
+            return {**new_state(), "waiting": started["waiting"]}
         notify.info(f"Training {speaker}'s voice. Chat stays available meanwhile; you can leave this page.")
-        return {**new_state(), "run": run_id}
+        return {**new_state(), "run": started["run"]}
 
     # the run -------------------------------------------------------------------------
 
     def _service(self):
-        return self.runtime.training if self.runtime.ready else None
+        if not self.runtime.ready:
+            return None
+        try:
+            return self.runtime.training
+        except ChorusError:  # ready for chat a moment before training
+            return None
+
+    def _waiting(self, tstate: dict) -> dict | None:
+        """The request queued while the model loads, until it becomes a run."""
+        token = tstate.get("waiting")
+        w = self.runtime.waiting_training(token) if token else None
+        if w and w["run"]:
+            tstate.update(waiting=None, run=w["run"])
+            return None
+        if w and w["error"] and not tstate.get("waiting_said"):
+            notify.warning(w["error"])
+            tstate["waiting_said"] = True
+        return w
 
     def _status(self, run_id: str | None) -> dict | None:
         svc = self._service()
@@ -133,9 +156,10 @@ class TrainingView:
     def refresh(self, tstate, state):
         """Everything about the shown run; parts that did not change are skipped (no flicker)."""
         tstate = dict(tstate or new_state())
+        waiting = self._waiting(tstate)
         svc = self._service()
         runs = svc.runs(30) if svc else []
-        if tstate.get("run") is None and runs:
+        if tstate.get("run") is None and runs and not waiting:
             active = [r for r in runs if r["state"] in ACTIVE]
             tstate["run"] = (active or runs)[0]["id"]
         st = self._status(tstate.get("run"))
@@ -159,15 +183,17 @@ class TrainingView:
             notify.info(f"{st.get('persona_name') or st['speaker']} is trained and ready to chat.")
             picker = self.chat.picker(self.chat.fix_state(state))
         progress = progress_html(st)
-        if svc is None:
-            progress = ('<div class="tr-empty">The model is loading; training uses it, so runs show here once it is '
-                        "ready. You can upload an export and fill in the form meanwhile.</div>")
+        if waiting and not waiting["cancelled"]:
+            progress = waiting_html(waiting)
+        elif svc is None:
+            progress = LOADING_NOTE
+        waits = bool(waiting) and not (waiting["error"] or waiting["cancelled"])
         return (
             tstate,
             progress,
             plot,
             evaluation,
-            gr.update(visible=state_now in ("queued", "running")),
+            gr.update(visible=state_now in ("queued", "running") or waits),
             gr.update(visible=bool(st and st["resumable"])),
             gr.update(visible=state_now == "finished", value=chat_label),
             runs_out,
@@ -176,6 +202,10 @@ class TrainingView:
         )
 
     def cancel(self, tstate):
+        if (tstate or {}).get("waiting"):
+            self.runtime.cancel_waiting(tstate["waiting"])
+            notify.info("Cancelled: this run will not start when the model is ready.")
+            return tstate
         try:
             self.runtime.training.cancel(tstate["run"])
         except (ChorusError, KeyError, TypeError) as exc:

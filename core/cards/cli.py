@@ -1,8 +1,8 @@
 """`import`, `export` and `export-conversation` from the terminal.
 
-This is the command-line edge: each command prints a short summary (or, for `import --json`,
-one JSON object on stdout), returns 0, or prints one `error:` line on stderr and returns 2,
-never a traceback. `app.py` parses the arguments and calls these functions.
+This is the command-line edge: each command prints a short summary on stdout (or, for
+`import --json`, one JSON object) with warnings and notes on stderr, returns 0, or prints one
+`error:` line on stderr and returns 2, never a traceback. `app.py` parses the arguments and calls these functions.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def import_command(path: str, as_json: bool = False, model_spec: str | None = No
               f"(from {_FORMAT_NAMES.get(report.source_format, report.source_format)}).")
         print(f"Avatar:  {'yes' if report.has_avatar else 'none'}")
         print(f"Adapter: v{report.adapter_version}" if report.adapter_version else "Adapter: none")
-        for note in report.warnings:
-            print(f"Warning: {note}")
+        for note in report.warnings:  # diagnostics, not the answer: stderr (as --json keeps them in the object)
+            _err(f"Warning: {note}")
         return 0
 
     return _run(f"import {path!r}", work)
@@ -85,7 +85,7 @@ def export_command(persona: str, out: str) -> int:
             parts.append(f"adapter v{adapter['version']}")
         print(f"Exported {row['name']!r} to {written} ({', '.join(parts)}; {_size(written)}).")
         if left_behind:
-            print("Note: a .png or .json card cannot carry the persona's adapter; export to .charx to include it.")
+            _err("Note: a .png or .json card cannot carry the persona's adapter; export to .charx to include it.")
         return 0
 
     return _run(f"export {persona!r}", work)

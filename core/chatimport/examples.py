@@ -9,7 +9,12 @@ other people's turns are prefixed with their names. Only text counts: placeholde
 system lines, deleted messages and forwarded text are dropped and counted.
 
 The most recent examples (by time) become the validation split, so validation asks
-"does the model sound like them later on", not "does it remember this exact chat".
+"does the model sound like them later on", not "does it remember this exact chat". To keep
+that honest on a chat that repeats itself (the same reply to the same prompt, canned
+answers): identical examples are kept once, and in the validation split a reply that also
+appears in the training split is marked `"seen": True`, so the held-out loss is never on
+a reply the model trained on (it stays as context); validation examples left with no
+unseen reply are removed. The report counts each.
 """
 
 from __future__ import annotations
@@ -208,15 +213,16 @@ def build_examples(
             "example could be made. Try a longer session gap."
         )
     examples.sort(key=lambda e: (e[0], e[1]))
-    ordered = [e[2] for e in examples]
+    ordered, duplicates = _unique([e[2] for e in examples])
     n_val = round(len(ordered) * val_fraction)
     if val_fraction > 0 and len(ordered) >= 2:
         n_val = min(max(n_val, 1), len(ordered) - 1)
     train, validation = ordered[: len(ordered) - n_val], ordered[len(ordered) - n_val :]
+    validation, seen_replies, seen_removed = _unseen_replies(train, validation)
 
     counter = count_tokens or _words
     tokens = assistant_tokens = turns_kept = assistant_turns = 0
-    for ex in ordered:
+    for ex in train + validation:
         for m in ex["messages"]:
             k = counter(m["content"])
             tokens += k
@@ -228,9 +234,14 @@ def build_examples(
         "speaker": target,
         "format": result.format,
         "messages_per_speaker": dict(result.speakers),
-        "examples": len(ordered),
+        "examples": len(train) + len(validation),
         "train": len(train),
         "validation": len(validation),
+        "held_out_honesty": {
+            "duplicate_examples_removed": duplicates,
+            "validation_replies_seen_in_training": seen_replies,
+            "validation_examples_removed": seen_removed,
+        },
         "sessions": sessions,
         "turns_kept": turns_kept,
         "assistant_turns": assistant_turns,
@@ -242,3 +253,33 @@ def build_examples(
     if scrubber:
         report["scrubbed"] = {k: scrubber.counts.get(k, 0) for k in ("url", "email", "phone")}
     return ExampleSet(train=train, validation=validation, report=report)
+
+
+def _key(example: dict) -> tuple:
+    return tuple((m["role"], m["content"]) for m in example["messages"])
+
+
+def _unique(examples: list[dict]) -> tuple[list[dict], int]:
+    """The examples with identical ones (same context, same reply) kept once, the earliest."""
+    seen, kept = set(), []
+    for ex in examples:
+        key = _key(ex)
+        if key not in seen:
+            seen.add(key)
+            kept.append(ex)
+    return kept, len(examples) - len(kept)
+
+
+def _unseen_replies(train: list[dict], validation: list[dict]) -> tuple[list[dict], int, int]:
+    """Validation whose replies found in training are marked seen (context, no loss);
+    examples left without an unseen reply go. Returns (validation, replies marked, examples removed)."""
+    trained = {m["content"] for ex in train for m in ex["messages"] if m["role"] == "assistant"}
+    kept, marked, removed = [], 0, 0
+    for ex in validation:
+        msgs = [dict(m, seen=True) if m["role"] == "assistant" and m["content"] in trained else m for m in ex["messages"]]
+        marked += sum(bool(m.get("seen")) for m in msgs)
+        if any(m["role"] == "assistant" and not m.get("seen") for m in msgs):
+            kept.append({**ex, "messages": msgs})
+        else:
+            removed += 1
+    return kept, marked, removed

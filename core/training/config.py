@@ -41,7 +41,12 @@ class TrainConfig:
     batch_size: int = 8
     """Examples per optimizer step (split into micro-batches by `micro_batch_size`)."""
     micro_batch_size: int | None = None
-    """Examples per forward pass; None: the whole batch (8 fits easily in CPU memory)."""
+    """Examples per forward pass (gradients accumulate over the batch). None: the largest
+    divisor of batch_size whose activations fit in `memory_budget_mb` (see `plan`)."""
+    memory_budget_mb: int | None = None
+    """Memory one micro-batch's activations may take, in MB, when the micro-batch is chosen
+    automatically. None: 1024 on the CPU (the embedded model then trains in about 2 GB of
+    resident memory), 4096 on CUDA."""
     max_steps: int | None = None
     """Optimizer steps. None: `epochs` passes over the data, clamped to
     [min_auto_steps, max_auto_steps] so the default finishes on a laptop CPU."""
@@ -60,8 +65,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping: the global gradient norm is clipped to this."""
     gradient_checkpointing: bool | None = None
-    """Recompute activations in the backward pass. None: on CUDA only; on the CPU the
-    full-vocabulary logits dominate memory, so it costs time without saving much."""
+    """Recompute activations in the backward pass. None: on CUDA only; on the CPU a smaller
+    micro-batch (chosen from memory_budget_mb) bounds memory without the extra forward."""
 
     # --- data -----------------------------------------------------------------
     max_seq_len: int | None = None
@@ -83,7 +88,8 @@ class TrainConfig:
     """Checkpoint every N steps, for resume after a crash or a kill. None: about every
     10% of the run, at least every 5 and at most every 25 steps."""
     keep_checkpoints: int = 2
-    """Checkpoints kept on disk (older ones are deleted)."""
+    """Checkpoints kept on disk (older ones are deleted); at least 2, so a kill while the
+    newest is written still leaves a complete one."""
     samples: int = 3
     """Held-out prompts answered by the base and by the adapter, side by side, at the end."""
     sample_max_new_tokens: int = 48
@@ -116,6 +122,9 @@ class TrainConfig:
                 1 <= self.micro_batch_size <= self.batch_size and self.batch_size % self.micro_batch_size == 0,
                 "Micro-batch size must divide the batch size.",
             )
+        if self.memory_budget_mb is not None:
+            self.memory_budget_mb = int(self.memory_budget_mb)
+            need(64 <= self.memory_budget_mb <= 1_048_576, "The memory budget must be between 64 MB and 1 TB.")
         if self.max_steps is not None:
             self.max_steps = int(self.max_steps)
             need(1 <= self.max_steps <= 100_000, "Steps must be between 1 and 100,000.")
@@ -136,7 +145,10 @@ class TrainConfig:
             if value is not None:
                 setattr(self, name, int(value))
                 need(int(value) >= 1, f"{name} must be at least 1.")
-        need(1 <= self.keep_checkpoints <= 20, "keep_checkpoints must be between 1 and 20.")
+        # Trainer deletes the oldest checkpoint as soon as the next one is written, before
+        # Chorus marks that one complete: with one kept, a kill then would leave nothing.
+        need(2 <= self.keep_checkpoints <= 20, "keep_checkpoints must be between 2 and 20: the previous checkpoint "
+                                               "must stay until the next one is complete, so a kill can resume.")
         need(0 <= self.samples <= 20, "Samples must be between 0 and 20.")
         need(1 <= self.sample_max_new_tokens <= 512, "Sample length must be between 1 and 512 tokens.")
         need(0 <= self.nice <= 19, "nice must be between 0 and 19.")
@@ -190,21 +202,51 @@ def auto_seq_len(lengths: list[int]) -> int:
     return int(min(1024, max(128, math.ceil(p95 / 64) * 64)))
 
 
-def plan(config: TrainConfig, n_train: int, n_eval: int, lengths: list[int], device: str) -> Plan:
-    """Resolve the automatic fields for `n_train` examples whose token lengths are `lengths`."""
+def activation_bytes_per_token(model_config, *, checkpointing: bool) -> int:
+    """What one token of a micro-batch keeps for the backward pass, in bytes, for a Llama-style
+    decoder with NF4 layers and fp32 LoRA on all linear layers (the output head and loss are
+    chunked, core/training/loss.py, so the vocabulary does not count).
+
+    Per layer: about 80 bytes per hidden unit (bf16 activations of attention and the fp32
+    norms, ~26 x hidden; peft's fp32 copy, dropout output and mask of each LoRA input,
+    9 bytes x 6 inputs of hidden width) and 21 per MLP unit (bf16 MLP activations, 12; the
+    down projection's LoRA input, 9). Measured on SmolLM2-135M (hidden 576, MLP 1536, 30
+    layers): 2.4 MB per token, which this gives. With gradient checkpointing each layer
+    keeps only its bf16 input and one layer's activations exist at a time.
+    """
+    hidden = int(getattr(model_config, "hidden_size"))
+    mlp = int(getattr(model_config, "intermediate_size", None) or 4 * hidden)
+    layers = int(getattr(model_config, "num_hidden_layers"))
+    per_layer = 80 * hidden + 21 * mlp
+    return layers * 2 * hidden + per_layer if checkpointing else layers * per_layer
+
+
+def micro_batch_for(batch: int, seq_len: int, per_token: int, budget_mb: int) -> int:
+    """The largest divisor of `batch` whose activations (micro x seq_len x per_token) fit the budget (at least 1)."""
+    fits = max(1, (budget_mb << 20) // max(1, seq_len * per_token))
+    return max(d for d in range(1, batch + 1) if batch % d == 0 and d <= fits)
+
+
+def plan(config: TrainConfig, n_train: int, n_eval: int, lengths: list[int], device: str, model_config=None) -> Plan:
+    """Resolve the automatic fields for `n_train` examples whose token lengths are `lengths`.
+    `model_config` (the model's transformers config) sizes the micro-batch from the memory
+    budget; without it the micro-batch is the whole batch unless the config names one."""
     if n_train < 1:
         raise TrainConfigInvalid("There are no training examples.")
     batch = config.batch_size
-    micro = config.micro_batch_size or batch
     per_epoch = math.ceil(n_train / batch)
     if config.max_steps is not None:
         steps = config.max_steps
     else:
         steps = min(config.max_auto_steps, max(config.min_auto_steps, math.ceil(config.epochs * per_epoch)))
     seq = config.max_seq_len or auto_seq_len(lengths)
+    gc = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
+    micro = config.micro_batch_size or batch
+    if config.micro_batch_size is None and model_config is not None:
+        budget = config.memory_budget_mb or (4096 if device == "cuda" else 1024)
+        micro = micro_batch_for(batch, seq, activation_bytes_per_token(model_config, checkpointing=bool(gc)), budget)
     eval_every = config.eval_every or max(1, math.ceil(steps / 8))
     save_every = config.save_every or min(25, max(5, math.ceil(steps / 10)))
-    gc = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
     return Plan(
         steps=steps,
         epochs=round(steps * batch / n_train, 2),

@@ -5,8 +5,9 @@ the model's own chat template behind the persona card's system prompt (the same
 `system_prompt(persona)` the chat service uses), so the adapter learns in the format it
 is served in. Labels are -100 everywhere except the assistant turns' content and their
 end-of-turn token: the loss is on the chosen speaker's words only. An example too long
-for `max_len` loses its oldest turns first (as the chat prompt does); the system prompt
-and the last reply always stay.
+for `max_len` loses whole turns, oldest first (as the chat prompt does), down to the last
+reply alone; the system prompt and the template's header are never cut, and neither is
+the start of the last reply: a reply too long on its own loses its end.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def _render(tokenizer, messages: list[dict], *, generation_prompt: bool) -> str:
 
 
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character spans of each assistant turn (content + end token).
+    """The rendered text and the character spans of each assistant turn (content + end token),
+    in order; None for a turn whose text could not be found.
 
     A span is what the full rendering adds after the prompt that asks for that reply,
     without trailing whitespace; templates that are not prefix-stable fall back to
@@ -47,6 +49,7 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
         else:
             start = text.find(msg["content"], search_from)
             if start < 0:
+                spans.append(None)
                 continue
             end = start + len(msg["content"])
             eos = tokenizer.eos_token or ""
@@ -58,9 +61,13 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
 
 
 def encode(tokenizer, system: str, messages: list[dict]) -> dict:
-    """Token ids and labels of one example, untruncated."""
-    full = [{"role": "system", "content": system}, *messages] if system else list(messages)
+    """Token ids and labels of one example, untruncated. A reply marked `"seen": True` (a
+    held-out reply that also appears in training, core.chatimport.examples) is context only."""
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    full = [{"role": "system", "content": system}, *clean] if system else clean
     text, spans = assistant_spans(tokenizer, full)
+    labelled = [not m.get("seen") for m in messages if m["role"] == "assistant"]
+    spans = [span for span, keep in zip(spans, labelled) if span is not None and keep]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [IGNORE] * len(ids)
@@ -71,19 +78,26 @@ def encode(tokenizer, system: str, messages: list[dict]) -> dict:
 
 
 def encode_fitting(tokenizer, system: str, messages: list[dict], max_len: int) -> dict | None:
-    """`encode`, dropping the oldest turns until it fits in `max_len`; if even the last
-    exchange is too long, keep its end. None if no assistant token survives."""
+    """`encode`, dropping whole turns, oldest first, until it fits in `max_len`. If the last
+    reply alone (behind the system prompt) is still too long, its end is cut: the head of
+    the prompt and the start of the reply stay. None if no reply token fits at all (the
+    system prompt alone fills `max_len`)."""
+    return _fitting(tokenizer, system, messages, max_len)[0]
+
+
+def _fitting(tokenizer, system: str, messages: list[dict], max_len: int) -> tuple[dict | None, bool]:
+    """(`encode_fitting`'s item, whether the last reply lost its end)."""
     msgs = list(messages)
-    while True:
+    item = encode(tokenizer, system, msgs)
+    while len(item["input_ids"]) > max_len and len(msgs) > 1:
+        msgs = msgs[1:]  # a whole turn, never part of one
         item = encode(tokenizer, system, msgs)
-        if len(item["input_ids"]) <= max_len or len(msgs) <= 1:
-            break
-        msgs = msgs[1:]
-    if len(item["input_ids"]) > max_len:
-        item = {k: v[-max_len:] for k, v in item.items()}
+    cut = len(item["input_ids"]) > max_len
+    if cut:
+        item = {k: v[:max_len] for k, v in item.items()}  # the reply's tail goes, the head stays
     if all(x == IGNORE for x in item["labels"]):
-        return None
-    return item
+        return None, cut
+    return item, cut
 
 
 @dataclass
@@ -94,23 +108,25 @@ class Encoded:
     truncated: int  # examples that lost turns or tokens to fit max_len
     dropped: int  # examples with no assistant token left
     label_tokens: int  # tokens the loss is computed on
+    reply_cut: int = 0  # of the truncated, those whose last reply alone was too long and lost its end
 
 
 def encode_all(tokenizer, system: str, examples: list[dict], max_len: int) -> Encoded:
-    items, truncated, dropped, labelled = [], 0, 0, 0
+    items, truncated, dropped, cut, labelled = [], 0, 0, 0, 0
     for ex in examples:
         full = encode(tokenizer, system, ex["messages"])
         if len(full["input_ids"]) <= max_len:
             item = full
         else:
             truncated += 1
-            item = encode_fitting(tokenizer, system, ex["messages"], max_len)
+            item, lost_end = _fitting(tokenizer, system, ex["messages"], max_len)
+            cut += bool(item and lost_end)
         if item is None or all(x == IGNORE for x in item["labels"]):
             dropped += 1
             continue
         labelled += sum(x != IGNORE for x in item["labels"])
         items.append(item)
-    return Encoded(items, truncated, dropped, labelled)
+    return Encoded(items, truncated, dropped, labelled, reply_cut=cut)
 
 
 def lengths(tokenizer, system: str, examples: list[dict]) -> list[int]:

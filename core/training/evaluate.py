@@ -7,7 +7,11 @@ off (base model + card alone) or on; `sample_replies` answers a few held-out pro
 with the same seed, base against adapter, beside the speaker's real reply.
 
 Everything here runs inside `qlora.no_grad_eval`, so the training process never puts a
-4-bit layer through bitsandbytes' CPU repacking (see qlora.py).
+4-bit layer through bitsandbytes' CPU repacking (see qlora.py). The loss is
+core.training.loss's (head and cross-entropy at labelled positions only, in chunks): the
+same token-weighted measure as the Trainer's steps and its validation curve. Every
+tensor goes to the model's device (core.device.on_model): a model on `cuda:0` with a
+single-device map has no hooks that would move CPU inputs.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import contextlib
 import math
 import time
 
-from core.training.dataset import IGNORE, Collator
+from core.device import on_model
+from core.training.dataset import Collator
+from core.training.loss import loss_sum
 from core.training.qlora import no_grad_eval
 
 
@@ -27,10 +33,8 @@ def _adapter(model, enabled: bool):
 
 
 def heldout_loss(model, items: list[dict], pad_id: int, *, adapter: bool = True, batch_size: int = 8) -> dict:
-    """{"loss", "perplexity", "tokens", "examples", "seconds"} over `items`' labelled tokens."""
-    import torch
-    import torch.nn.functional as F
-
+    """{"loss", "perplexity", "tokens", "examples", "seconds"} over `items`' labelled tokens:
+    the summed loss of every labelled token divided by their number (token-weighted)."""
     if not items:
         return {"loss": None, "perplexity": None, "tokens": 0, "examples": 0, "seconds": 0.0}
     collate = Collator(pad_id)
@@ -38,13 +42,10 @@ def heldout_loss(model, items: list[dict], pad_id: int, *, adapter: bool = True,
     t0 = time.perf_counter()
     with no_grad_eval(model), _adapter(model, adapter):
         for i in range(0, len(items), batch_size):
-            batch = collate(items[i : i + batch_size])
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits = logits[:, :-1].float()
-            labels = batch["labels"][:, 1:]
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+            batch = {k: on_model(model, v) for k, v in collate(items[i : i + batch_size]).items()}
+            loss, n = loss_sum(model, batch)
             total += float(loss)
-            count += int((labels != IGNORE).sum())
+            count += n
     mean = total / max(count, 1)
     return {
         "loss": round(mean, 4),
@@ -64,7 +65,8 @@ def sample_prompts(examples: list[dict], n: int) -> list[dict]:
         last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
         if not last:  # no reply, or a reply with nothing before it to answer
             continue
-        out.append({"turns": msgs[:last], "real": msgs[last]["content"]})
+        turns = [{"role": m["role"], "content": m["content"]} for m in msgs[:last]]  # without the "seen" marks
+        out.append({"turns": turns, "real": msgs[last]["content"]})
         if len(out) >= n:
             break
     return out
@@ -79,7 +81,7 @@ def sample_replies(model, tokenizer, persona: dict, prompts: list[dict], *, seed
     rows = []
     for k, p in enumerate(prompts):
         prompt = build_prompt(tokenizer, persona, p["turns"], budget)
-        ids = torch.tensor([prompt.input_ids], dtype=torch.long)
+        ids = on_model(model, [prompt.input_ids])
         row = {"prompt": p["turns"][-1]["content"], "real": p["real"]}
         for label, enabled in (("base", False), ("adapter", True)):
             torch.manual_seed(seed + k)

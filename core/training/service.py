@@ -10,7 +10,9 @@
 Training runs in a subprocess (core.training.worker); this object only writes the run
 request, starts the process, reads the store, notices dead workers, and hot-loads a
 finished run's adapter into the running engine (`poll`). One run at a time: on two
-shared CPU cores a second run would only slow both.
+shared CPU cores a second run would only slow both. The check and the new run's row are
+one transaction (storage.training_runs), and the row records this process as its owner,
+so a run whose export is still being copied is not taken for a dead one.
 """
 
 from __future__ import annotations
@@ -25,17 +27,22 @@ from typing import Callable
 from core.errors import ChorusError, ExportInvalid
 from core.model_source import ModelSource
 from core.training.config import TrainConfig
-from core.training.runner import spawn_worker, tail, worker_alive
-from core.training.worker import MIN_EXAMPLES, run_folder
+from core.training.runner import owner_alive, spawn_worker, tail, worker_alive
+from core.training.worker import MIN_EXAMPLES, run_folder, tidy
+from storage.db import save_failed
 from storage.store import Store
-from storage.training_runs import ACTIVE
+from storage.training_runs import ACTIVE, RunActive
 
 MAX_EXPORT_BYTES = 2 * 1024**3
 CARD_KEYS = ("name", "tagline", "description", "personality", "scenario", "greeting", "example_dialogue", "system_prompt")
 
 
 class TrainingBusy(ChorusError):
-    """Another training run is still going."""
+    """Another training run is still going; `run_id` names it."""
+
+    def __init__(self, message: str, run_id: str | None = None):
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class TrainingService:
@@ -87,6 +94,13 @@ class TrainingService:
         result = load_export(export_path)
         speaker = resolve_speaker(result, speaker)
         examples = build_examples(result, speaker, scrub=cfg.scrub, max_turns=cfg.max_turns, val_fraction=cfg.val_fraction)
+        repeats = examples.report["held_out_honesty"]["validation_examples_removed"]
+        if len(examples.train) >= MIN_EXAMPLES and not examples.validation and repeats:
+            raise ExportInvalid(
+                f"Every one of {speaker}'s {repeats} most recent replies also appears earlier in this export, so "
+                "no held-out reply is left to show what the adapter learned (it would measure memory, not voice). "
+                "Use an export where the replies do not repeat."
+            )
         if len(examples.train) < MIN_EXAMPLES or not examples.validation:
             raise ExportInvalid(
                 f"{speaker} has only {len(examples.train) + len(examples.validation)} replies to learn from in this export; "
@@ -105,41 +119,61 @@ class TrainingService:
             "export_file": "export" + "".join(export_path.suffixes[-2:])[:16],
             "stage": "queued",
         }
-        row = self.store.training.create(speaker=speaker, export_name=export_path.name, config=request, persona_id=persona_id)
-        folder = run_folder(self.store.home, row["id"])
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(export_path, folder / request["export_file"])
-        self._spawn(row["id"])
-        return row["id"]
+        self._check_idle()  # again: loading the export took time
+        try:
+            row = self.store.training.create(speaker=speaker, export_name=export_path.name, config=request, persona_id=persona_id)
+        except RunActive as exc:
+            raise TrainingBusy(str(exc), exc.row["id"]) from None
+        run_id = row["id"]
+        folder = run_folder(self.store.home, run_id)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(export_path, folder / request["export_file"])
+            if self.store.training.get(run_id)["status"] == "queued":
+                self._spawn(run_id)
+            else:  # cancelled while the export was copied
+                self.store.training.set_status_if(run_id, ("cancelling",), "cancelled", pid=None)
+        except BaseException as exc:
+            # Never started: leave nothing behind (a full disk, an interrupt).
+            self.store.training.delete(run_id)
+            shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise save_failed("a copy of the export for training", exc) from None
+            raise
+        return run_id
 
     def _check_idle(self) -> None:
+        """Mark dead runs failed, then refuse if one is still going (early, for a clear
+        answer before the export is read; `create` checks again atomically)."""
         for row in self.store.training.active():
             self._reconcile(row)
         busy = self.store.training.active()
         if busy:
-            raise TrainingBusy(f"A training run ({busy[0]['id']}, {busy[0]['speaker']}) is still going; wait for it or cancel it.")
+            raise TrainingBusy(str(RunActive(busy[0])), busy[0]["id"])
 
     def _spawn(self, run_id: str) -> None:
         proc = spawn_worker(run_id, self.store.home, run_folder(self.store.home, run_id), self.python)
         with self._lock:
             self._procs[run_id] = proc
         # The worker claims the run with its own pid; until then record the child's.
-        self.store.training.set_status_if(run_id, ("queued",), "queued", pid=proc.pid)
+        self.store.training.set_status_if(run_id, ("queued", "cancelling"), "queued", pid=proc.pid)
 
     # while it runs ---------------------------------------------------------------
 
-    def _alive(self, run_id: str, pid: int | None) -> bool:
-        proc = self._procs.get(run_id)
+    def _alive(self, row: dict) -> bool:
+        proc = self._procs.get(row["id"])
         if proc is not None:
             return proc.poll() is None
-        return worker_alive(pid, run_id)
+        if row["pid"]:
+            return worker_alive(row["pid"], row["id"])
+        return owner_alive(row)  # no worker yet: alive while the process starting it is
 
     def _reconcile(self, row: dict) -> dict:
         """An active run whose worker is gone was killed or crashed: mark it failed (resumable)."""
-        if row["status"] not in ACTIVE or self._alive(row["id"], row["pid"]):
+        if row["status"] not in ACTIVE or self._alive(row):
             return row
-        fresh = self.store.training.get(row["id"])  # the worker may have just finished
-        if fresh["status"] not in ACTIVE:
+        fresh = self.store.training.get(row["id"])  # the worker may have just finished, or just been started
+        if fresh["status"] not in ACTIVE or self._alive(fresh):
             return fresh
         if fresh["status"] == "cancelling":
             self.store.training.set_status_if(row["id"], ("cancelling",), "cancelled", pid=None)
@@ -202,6 +236,7 @@ class TrainingService:
         so a cancelled run can be resumed."""
         row = self._reconcile(self.store.training.get(run_id))
         if row["status"] in ("queued", "running"):
+            # the worker stops at its next stage or step; a run not yet started never starts
             self.store.training.set_status_if(run_id, ("queued", "running"), "cancelling")
             self._reconcile(self.store.training.get(run_id))
         return self.status(run_id, history=False)
@@ -212,10 +247,18 @@ class TrainingService:
         if row["status"] not in ("failed", "cancelled"):
             raise ChorusError(f"Only failed or cancelled runs can be resumed; this one is {row['status']}.")
         self._check_idle()
-        if not self.store.training.set_status_if(run_id, ("failed", "cancelled"), "queued", error=None):
+        try:
+            requeued = self.store.training.requeue(run_id)  # checks again, in one transaction
+        except RunActive as exc:
+            raise TrainingBusy(str(exc), exc.row["id"]) from None
+        if not requeued:
             raise ChorusError("The run changed while resuming it; look at it again.")
         self.store.training.update(run_id, config={"stage": "queued"})
-        self._spawn(run_id)
+        try:
+            self._spawn(run_id)
+        except OSError as exc:
+            self.store.training.set_status_if(run_id, ("queued",), "failed", error=f"The training process could not start ({exc}).")
+            raise ChorusError(f"The training process could not start ({exc}).") from None
         return self.status(run_id, history=False)
 
     def delete(self, run_id: str) -> None:
@@ -239,6 +282,7 @@ class TrainingService:
             if row["status"] != "finished" or row["id"] in self._loaded:
                 continue
             self._loaded.add(row["id"])
+            tidy(run_folder(self.store.home, row["id"]))  # a worker killed after finishing leaves its checkpoints
             if self.engine is not None and row["adapter_id"]:
                 try:
                     adapter = self.store.adapters.get(row["adapter_id"])
@@ -260,7 +304,10 @@ class TrainingService:
 
     def mark_seen(self) -> None:
         """Treat every finished run as already loaded (call once when the app starts)."""
-        self._loaded.update(r["id"] for r in self.store.training.list(1000) if r["status"] == "finished")
+        for row in self.store.training.list(1000):
+            if row["status"] == "finished":
+                self._loaded.add(row["id"])
+                tidy(run_folder(self.store.home, row["id"]))
 
     def wait(self, run_id: str, timeout: float | None = None, *, interval: float = 0.5,
              on_update: Callable[[dict], None] | None = None) -> dict:

@@ -11,8 +11,12 @@ and the resolved plan, and runs HF Trainer with three callbacks:
   a `chorus_complete` file written after Trainer has finished saving it, so a kill in
   the middle of a save never resumes from a torn checkpoint.
 
-Trainer's own evaluation puts the model in eval mode; with CPU packing disabled on the
-4-bit layers (qlora.disable_cpu_packing) that is safe, and the trainer checks after
+The loss is core.training.loss's: the head and the cross-entropy only where labels are
+set, in chunks, normalised by the labelled tokens of the whole optimizer step (all its
+micro-batches), so gradient accumulation gives the same step as one big batch. Trainer's
+evaluation is replaced by `evaluate.heldout_loss` on the same held-out items, so the
+validation curve and the "before"/"after" figures are one token-weighted measure. It runs
+in `qlora.no_grad_eval` (4-bit layers in train mode), and the trainer still checks after
 every evaluation that no layer was repacked.
 """
 
@@ -69,6 +73,7 @@ def _callbacks(report, should_stop, model, plan: Plan):
             self.t0 = None
             self.step0 = 0
             self.tokens0 = 0
+            self.eval_s = 0.0  # seconds spent in held-out evaluations since on_train_begin
             self.stopped = False
 
         def on_train_begin(self, args, state, control, **kw):
@@ -101,12 +106,16 @@ def _callbacks(report, should_stop, model, plan: Plan):
                 row.update(event="train", loss=float(logs["loss"]), learning_rate=float(logs.get("learning_rate", 0.0)))
                 if "grad_norm" in logs:
                     row["grad_norm"] = float(logs["grad_norm"])
+                # non-padding tokens (prompt and reply) through forward and backward, per
+                # second of training: the held-out evaluations in between are not counted
                 tokens = state.num_input_tokens_seen - self.tokens0
-                row["tokens_per_s"] = round(tokens / elapsed, 1) if elapsed > 0 else None
+                busy = elapsed - self.eval_s
+                row["tokens_per_s"] = round(tokens / busy, 1) if busy > 0 else None
                 row["s_per_step"] = round(per_step, 3) if per_step else None
                 row["eta_s"] = round(per_step * (state.max_steps - state.global_step), 1) if per_step else None
             elif "eval_loss" in logs:
-                row.update(event="eval", eval_loss=float(logs["eval_loss"]))
+                self.eval_s += float(logs.get("eval_seconds", 0.0))
+                row.update(event="eval", eval_loss=float(logs["eval_loss"]), eval_seconds=logs.get("eval_seconds"))
             else:
                 return
             report(row)
@@ -123,6 +132,43 @@ def _callbacks(report, should_stop, model, plan: Plan):
                 report({"event": "checkpoint", "step": state.global_step, "total_steps": state.max_steps})
 
     return Chorus()
+
+
+def _trainer_class(eval_items: list[dict], pad_id: int, eval_batch: int):
+    """transformers' Trainer with Chorus's loss and held-out evaluation (see the module doc)."""
+    from transformers import Trainer
+
+    from core.training.evaluate import heldout_loss
+    from core.training.loss import loss_sum
+
+    class ChorusTrainer(Trainer):
+        # compute_loss already divides by the labelled tokens of the whole accumulated step
+        loss_is_scaled_for_ga = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Makes Trainer count the labelled (shifted) tokens over all micro-batches of a
+            # step and pass the count to compute_loss as num_items_in_batch.
+            self.model_accepts_loss_kwargs = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            total, count = loss_sum(model, inputs)
+            denom = num_items_in_batch if num_items_in_batch is not None else count
+            loss = total / (denom.clamp(min=1).to(total.device) if hasattr(denom, "clamp") else max(denom, 1))
+            return (loss, None) if return_outputs else loss
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            result = heldout_loss(self.model, eval_items, pad_id, adapter=True, batch_size=eval_batch)
+            metrics = {
+                f"{metric_key_prefix}_loss": result["loss"],
+                f"{metric_key_prefix}_tokens": result["tokens"],
+                f"{metric_key_prefix}_seconds": result["seconds"],
+            }
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return ChorusTrainer
 
 
 def _recent_loss(log_history: list[dict]) -> float | None:
@@ -169,14 +215,17 @@ def fit(
     """Train `model` (a PeftModel in train mode) per `plan`, from `checkpoint` if given
     (see `latest_checkpoint`); returns
     {"stopped": bool, "step": int, "resumed_from": int | None, "train_loss": float | None}."""
-    import torch
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, TrainingArguments
+
+    from core.device import model_device
 
     ckpt_dir = Path(run_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None and int(_CKPT.match(checkpoint.name).group(1)) >= plan.steps:
         return _finished_checkpoint(model, checkpoint)
-    use_cpu = not torch.cuda.is_available()
+    # Follow the model, not torch.cuda.is_available(): with CHORUS_DEVICE=cpu on a machine
+    # with a GPU, Trainer would otherwise send every batch to cuda:0 while the model is on the CPU.
+    use_cpu = model_device(model).type == "cpu"
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         max_steps=plan.steps,
@@ -208,7 +257,8 @@ def fit(
         include_num_input_tokens_seen="non_padding",
     )
     callback = _callbacks(report, should_stop, model, plan)
-    trainer = Trainer(
+    # evaluation keeps no activations for a backward pass: the whole batch fits where a micro-batch does
+    trainer = _trainer_class(eval_items, tokenizer.pad_token_id, plan.batch_size)(
         model=model,
         args=args,
         train_dataset=ListDataset(train_items),

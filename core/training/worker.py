@@ -3,22 +3,27 @@
 Reads the run from the store, trains, evaluates, writes the adapter and registers it;
 the serving process only starts it and reads the store. Steps, in order:
 
-1. claim the run (queued -> running, with this pid), lower this process's priority;
+1. claim the run (queued -> running, with this pid), lower this process's priority; a
+   run whose adapter an earlier attempt already registered just finishes;
 2. load the export copied into the run folder, build the speaker's examples with
-   core.chatimport, render them behind the persona card's system prompt;
+   core.chatimport, render them behind the persona card's system prompt (fixed at the
+   first start and reused on resume, so "before" and "after" use the same prompt);
 3. load the base in NF4, guarded against the CPU trap (qlora.py), add LoRA;
 4. held-out loss before (base + card; on resume, the one already measured);
 5. Trainer from the last complete checkpoint, if any (progress rows as it goes);
 6. held-out loss after, same-seed samples base vs adapter;
 7. the adapter folder (peft's two files, training_config.json, training_log.jsonl,
    evaluation.json, chorus_adapter.json) is written to a temp folder in the run folder,
-   checked like any uploaded adapter, and registered with store.adapters.add_version,
-   which copies and renames it into place atomically.
+   checked like any uploaded adapter, and registered with store.adapters.add_version in
+   the same transaction that marks the run finished with that adapter (a kill leaves
+   both or neither); checkpoints are deleted last.
 
-A cancel (status `cancelling`) stops after the current step; the run becomes
-`cancelled` with its checkpoints kept, so it can be resumed. Any error marks the run
-`failed` with a message for the user; a kill leaves it `running` with a dead pid,
-which the service notices (service.reconcile). Nothing half-written is ever registered.
+A cancel (status `cancelling`) is honoured at every stage: at each stage's start, after
+every training step, and in the transaction that would register the adapter. The run
+becomes `cancelled` with its checkpoints kept, so it can be resumed, and writes no
+adapter. Any error marks the run `failed` with a message for the user; a kill leaves it
+`running` with a dead pid, which the service notices (service.reconcile). Nothing
+half-written is ever registered.
 """
 
 from __future__ import annotations
@@ -65,9 +70,31 @@ class _Log:
             fh.write(json.dumps({**row, "time": time.time()}) + "\n")
 
 
+class Cancelled(Exception):
+    """The user cancelled the run; raised at the next stage boundary or step."""
+
+
+def _cancelling(store: Store, run_id: str) -> bool:
+    return store.training.get(run_id)["status"] == "cancelling"
+
+
 def _stage(store: Store, run_id: str, stage: str) -> None:
+    """Enter a stage: show it, and honour a cancel that came during the last one."""
+    from core.training.runner import hold_point
+
     store.training.update(run_id, config={"stage": stage})
     print(f"[{run_id}] {stage}", flush=True)
+    hold_point(stage, lambda: _cancelling(store, run_id))
+    if _cancelling(store, run_id):
+        raise Cancelled()
+
+
+def _mark_cancelled(store: Store, run_id: str) -> str:
+    shutil.rmtree(run_folder(store.home, run_id) / "adapter.tmp", ignore_errors=True)  # no adapter from a cancelled run
+    store.training.set_status_if(run_id, ("cancelling",), "cancelled", pid=None)
+    store.training.update(run_id, config={"stage": "cancelled"})
+    print(f"[{run_id}] cancelled", flush=True)
+    return "cancelled"
 
 
 def run(store: Store, run_id: str) -> str:
@@ -75,12 +102,14 @@ def run(store: Store, run_id: str) -> str:
     runs = store.training
     if not runs.set_status_if(run_id, ("queued",), "running", pid=os.getpid(), error=None):
         row = runs.get(run_id)
-        if row["status"] == "cancelling":
+        if row["status"] in ("cancelling", "cancelled"):  # cancelled before this process claimed it
             runs.set_status_if(run_id, ("cancelling",), "cancelled", pid=None)
             return "cancelled"
         raise ChorusError(f"The training run {run_id} is {row['status']}, not queued; nothing to do.")
     try:
         status = _pipeline(store, run_id)
+    except Cancelled:
+        return _mark_cancelled(store, run_id)
     except BaseException as exc:  # recorded for the user, then re-raised for the log
         if isinstance(exc, ChorusError):
             message = str(exc)
@@ -104,23 +133,26 @@ def _pipeline(store: Store, run_id: str) -> str:
     from core.training.dataset import encode_all, lengths
     from core.training.evaluate import heldout_loss, sample_prompts, sample_replies
     from core.training.qlora import add_lora, load_for_training
-    from core.training.runner import fault_point
+    from core.training.runner import fault_point, hold_point
     from core.training.trainer import fit, latest_checkpoint
     from storage.adapter_files import META
 
     runs = store.training
     row = runs.get(run_id)
     spec = row["config"]
+    folder = run_folder(store.home, run_id)
+    registered = _registered_for(store, row)
+    if registered is not None:  # an earlier attempt registered it and was killed before finishing
+        return _finish(store, run_id, registered)
     cfg = TrainConfig.from_dict(spec["train"])
     try:
         os.nice(cfg.nice)
     except OSError:
         pass
-    folder = run_folder(store.home, run_id)
     log = _Log(folder / "training_log.jsonl")
     persona = dict(spec["persona"])
     if row["persona_id"]:
-        persona = store.personas.get(row["persona_id"])  # the card as it is now
+        persona = store.personas.get(row["persona_id"])  # its name now; its prompt is fixed below
 
     _stage(store, run_id, "loading the model")
     source = ModelSource(spec["model"]["name"], Path(spec["model"]["path"]))
@@ -142,14 +174,17 @@ def _pipeline(store: Store, run_id: str) -> str:
             f"{row['speaker']} has only {len(examples.train) + len(examples.validation)} replies to learn from "
             f"in this export; training needs at least {MIN_EXAMPLES + 1}. Use a longer export."
         )
-    system = system_prompt(persona)
+    # The prompt "loss before" was measured with: a card edited between a kill and a
+    # resume must not change what "after" is compared against.
+    system = spec.get("system_prompt") or system_prompt(persona)
     device = info.device
-    p = plan(cfg, len(examples.train), len(examples.validation), lengths(tokenizer, system, examples.train), device)
+    p = plan(cfg, len(examples.train), len(examples.validation), lengths(tokenizer, system, examples.train), device, model.config)
     train = encode_all(tokenizer, system, examples.train, p.max_seq_len)
     held = encode_all(tokenizer, system, examples.validation[-p.eval_examples :], p.max_seq_len)
-    data = {**examples.report, "truncated": train.truncated, "dropped_too_long": train.dropped,
+    data = {**examples.report, "truncated": train.truncated, "reply_cut": train.reply_cut, "dropped_too_long": train.dropped,
             "train_label_tokens": train.label_tokens, "heldout_label_tokens": held.label_tokens}
     runs.update(run_id, total_steps=p.steps, config={"plan": p.as_dict(), "data": data, "system_prompt": system})
+    frozen = {**persona, "system_prompt": system, "description": "", "personality": "", "scenario": "", "example_dialogue": ""}
 
     torch.manual_seed(cfg.seed)
     model = add_lora(model, cfg, gradient_checkpointing=p.gradient_checkpointing)
@@ -184,8 +219,8 @@ def _pipeline(store: Store, run_id: str) -> str:
     out = fit(model, tokenizer, train.items, held.items, p, cfg, folder, report=report, should_stop=should_stop, checkpoint=checkpoint)
     train_s = time.perf_counter() - t_train
     if out["stopped"]:
-        runs.update(run_id, status="cancelled", pid=None, step=out["step"], config={"stage": "cancelled"})
-        return "cancelled"
+        runs.update(run_id, step=out["step"])
+        raise Cancelled()
 
     _stage(store, run_id, "measuring the held-out loss after training")
     after = heldout_loss(model, held.items, pad, adapter=True, batch_size=p.micro_batch_size)
@@ -193,13 +228,14 @@ def _pipeline(store: Store, run_id: str) -> str:
     if cfg.samples:
         _stage(store, run_id, "writing sample replies")
         prompts = sample_prompts(examples.validation, cfg.samples)
-        samples = sample_replies(model, tokenizer, persona, prompts, seed=cfg.seed, max_new_tokens=cfg.sample_max_new_tokens)
+        samples = sample_replies(model, tokenizer, frozen, prompts, seed=cfg.seed, max_new_tokens=cfg.sample_max_new_tokens)
     evaluation = {
         "before": before,
         "after": after,
         "loss_ratio": round(after["loss"] / before["loss"], 3) if before["loss"] else None,
         "samples": samples,
         "heldout": "the most recent examples of the export, never trained on",
+        "heldout_honesty": examples.report["held_out_honesty"],  # duplicates and trained-on replies taken out
     }
 
     _stage(store, run_id, "saving the adapter")
@@ -238,26 +274,84 @@ def _pipeline(store: Store, run_id: str) -> str:
     check_compatible(adapter, base_shapes, info)  # the same check an upload gets
     fault_point("adapter")  # the adapter is complete in the run folder, not yet registered
 
-    persona_id = runs.get(run_id)["persona_id"]
-    if not persona_id:
-        card = {k: v for k, v in spec["persona"].items() if v not in (None, "")}
-        persona_id = store.personas.create(card, source="trained")["id"]
-        runs.update(run_id, persona_id=persona_id)
-        fault_point("register")  # the persona exists, its adapter is not registered yet
+    hold_point("publishing", lambda: _cancelling(store, run_id))
     store_meta = {**adapter.store_meta(), "base_model": info.name, "base_fingerprint": info.fingerprint}
-    registered = store.adapters.add_version(persona_id, tmp, store_meta)
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the adapter is the result now
-    runs.update(
-        run_id,
-        status="finished",
-        pid=None,
-        step=out["step"],
-        adapter_id=registered["id"],
-        evaluation=evaluation,
-        config={"stage": "finished", "result": full_config["result"]},
-    )
+    # One transaction: the last cancel check, the new persona, the adapter version and the
+    # run marked finished with it. A kill anywhere in it leaves none of them; a cancel
+    # that comes after it is too late (the run is finished). It holds the database's
+    # write lock while add_version copies a few MB of adapter: other writers wait.
+    with store.handle.immediate():
+        now_row = runs.get(run_id)
+        if now_row["status"] != "running":
+            raise Cancelled()
+        persona_id = now_row["persona_id"]
+        if not persona_id:
+            card = {k: v for k, v in spec["persona"].items() if v not in (None, "")}
+            persona_id = store.personas.create(card, source="trained")["id"]
+            runs.update(run_id, persona_id=persona_id)
+            fault_point("register")  # the persona exists, its adapter is not registered yet
+        registered = store.adapters.add_version(persona_id, tmp, store_meta)
+        fault_point("registered")  # the version is in place, the run not yet marked finished
+        runs.update(
+            run_id,
+            status="finished",
+            pid=None,
+            step=out["step"],
+            adapter_id=registered["id"],
+            evaluation=evaluation,
+            config={"stage": "finished", "result": full_config["result"]},
+        )
+    fault_point("finished")  # finished and registered; checkpoints not yet deleted
+    tidy(folder)
     print(f"[{run_id}] finished: held-out loss {before['loss']} -> {after['loss']}", flush=True)
+    return "finished"
+
+
+def tidy(folder: Path) -> None:
+    """Remove what a finished run no longer needs: its checkpoints and the temp adapter."""
+    shutil.rmtree(folder / "adapter.tmp", ignore_errors=True)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the adapter is the result now
+
+
+def _registered_for(store: Store, row: dict) -> dict | None:
+    """The adapter version an earlier attempt of this run registered, if any: its
+    chorus_adapter.json names the run. (Since registration and finishing share one
+    transaction this finds only runs left by older versions of Chorus.)"""
+    from storage.adapter_files import META
+
+    if not row["persona_id"]:
+        return None
+    try:
+        versions = store.adapters.versions(row["persona_id"])
+    except ChorusError:
+        return None
+    for version in reversed(versions):
+        try:
+            meta = json.loads((store.adapters.folder(version) / META).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if meta.get("run_id") == row["id"]:
+            return version
+    return None
+
+
+def _finish(store: Store, run_id: str, registered: dict) -> str:
+    """Mark the run finished with an adapter already registered for it; nothing is trained."""
+    adapter_dir = store.adapters.folder(registered)
+
+    def read(name: str) -> dict:
+        try:
+            value = json.loads((adapter_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    result = read("training_config.json").get("result") or {}
+    fields = {"config": {"stage": "finished", "result": result}, "evaluation": read("evaluation.json")}
+    store.training.update(run_id, status="finished", pid=None, adapter_id=registered["id"],
+                          **({"step": result["step"]} if result.get("step") else {}), **fields)
+    tidy(run_folder(store.home, run_id))
+    print(f"[{run_id}] finished: its adapter (version {registered['version']}) was already registered", flush=True)
     return "finished"
 
 

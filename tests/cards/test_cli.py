@@ -86,7 +86,9 @@ def test_export_formats_and_the_adapter_note(card_json, tmp_path, capsys, tiny_a
     assert read_card(tmp_path / "mira.charx").has_adapter
 
     assert export_command("captain-mira", str(tmp_path / "mira.png")) == 0
-    assert "cannot carry the persona's adapter" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "cannot carry the persona's adapter" in captured.err  # a note, not the answer
+    assert captured.out.startswith("Exported 'Captain Mira' to ") and captured.out.count("\n") == 1
 
     assert export_command("nobody", str(tmp_path / "x.json")) == 2
     assert "No persona is called 'nobody'" in capsys.readouterr().err

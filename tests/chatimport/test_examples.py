@@ -104,7 +104,8 @@ def test_count_tokens_and_forwarded_are_used():
 def test_llm_formats_have_no_times():
     r = load_export(real("sharegpt__lm-sys_FastChat__dummy_conversation.excerpt120.json"))
     ex = build_examples(r, "gpt")
-    assert len(ex.train) + len(ex.validation) == 120
+    # 120 distinct examples, but only 16 distinct replies: every held-out one was trained on
+    assert len(ex.train) + len(ex.validation) + ex.report["held_out_honesty"]["validation_examples_removed"] == 120
     assert ex.train[0]["time"] is None
     assert ex.train[0]["messages"][0] == {"role": "user", "content": "Who are you?"}
 

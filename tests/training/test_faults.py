@@ -1,8 +1,10 @@
 """kill -9 of the training worker at the exact moments that matter: while a checkpoint is
 being written (before it is marked complete), with the final adapter written but not
-registered, and between creating the persona and registering its adapter. After each
-kill: the database is intact, nothing half-written is in the adapter store, no persona
-points at a missing folder; and the run resumes from its last complete checkpoint."""
+registered, between creating the persona and registering its adapter, between
+registering it and marking the run finished, and between finishing and deleting the
+checkpoints. After each kill: the database is intact, nothing half-written is in the
+adapter store, no persona points at a missing folder; the run resumes from its last
+complete checkpoint, and a run is never registered twice."""
 
 import sqlite3
 from pathlib import Path
@@ -35,27 +37,27 @@ def _check_store(store, home):
 
 
 @pytest.mark.parametrize(
-    "fault, resumed_from, persona_after_kill",
+    "fault, resumed_from",
     [
-        ("checkpoint@4", 2, False),  # checkpoint-4 written but never marked complete
-        ("adapter", 6, False),       # final adapter complete in the run folder, not registered
-        ("register", 6, True),       # the persona was created, its adapter not yet registered
+        ("checkpoint@4", 2),  # checkpoint-4 written but never marked complete
+        ("adapter", 6),       # final adapter complete in the run folder, not registered
+        ("register", 6),      # inside the publishing transaction: the persona created, no adapter yet
+        ("registered", 6),    # inside it: the version renamed into place, the run not yet finished
     ],
 )
-def test_kill_at_a_save_point_then_resume(service, store, chorus_home, monkeypatch, fault, resumed_from, persona_after_kill):
+def test_kill_at_a_save_point_then_resume(service, store, chorus_home, monkeypatch, fault, resumed_from):
     monkeypatch.setenv(FAULT_ENV, fault)
     run_id = service.start(SHAREGPT, "gpt", persona_name="Kestrel", consent=True,
                            config=tiny_config(max_steps=6, save_every=2, samples=0))
     st = service.wait(run_id, timeout=300)
     assert st["state"] == "failed" and "unexpectedly" in st["error"] and st["resumable"], st
 
+    if fault == "registered":  # the folder was renamed in a transaction that never committed
+        assert [p.name for p in (chorus_home / "adapters").glob("*/v*")] == ["v1"]
+        store.adapters.sweep()  # what the next start of the app does
     _check_store(store, chorus_home)
     assert store.handle.db["adapters"].count == 0
-    personas = store.personas.list()
-    if persona_after_kill:
-        assert [p["name"] for p in personas] == ["Kestrel"] and personas[0]["adapter_id"] is None
-    else:
-        assert personas == []
+    assert store.personas.list() == []  # the persona and its adapter are one transaction with the finish
     if fault.startswith("checkpoint"):
         ckpt = chorus_home / "training" / run_id / "checkpoints"
         assert (ckpt / "checkpoint-4").is_dir() and not (ckpt / "checkpoint-4" / "chorus_complete").exists()

@@ -4,7 +4,6 @@ finish and register, hot-load into a running engine, cancel, kill -9 and resume,
 import json
 import os
 import signal
-import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -12,22 +11,12 @@ import pytest
 
 from core.errors import ChorusError, ExportInvalid
 from core.training.service import TrainingBusy, TrainingService
-from tests.training.conftest import SHAREGPT, TOO_SHORT, tiny_config
+from tests.training.conftest import SHAREGPT, TOO_SHORT, tiny_config, wait_for
 
 ADAPTER_FILES = [
     "README.md", "adapter_config.json", "adapter_model.safetensors", "chorus_adapter.json",
     "evaluation.json", "training_config.json", "training_log.jsonl",
 ]
-
-
-def _wait_for(cond, timeout=240, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _adapter_tree(home):
@@ -97,7 +86,7 @@ def test_bad_requests_fail_before_any_process_starts(service):
 
 def test_cancel_stops_within_a_step_and_writes_no_adapter(service, store, chorus_home):
     run_id = service.start(SHAREGPT, "gpt", persona_name="Never", consent=True, config=tiny_config(max_steps=400, save_every=3))
-    _wait_for(lambda: service.status(run_id)["step"] >= 2, what="step 2")
+    wait_for(lambda: service.status(run_id)["step"] >= 2, what="step 2")
     at_cancel = service.status(run_id)["step"]
     assert service.cancel(run_id)["state"] in ("cancelling", "cancelled")
     st = service.wait(run_id, timeout=120)
@@ -110,8 +99,8 @@ def test_cancel_stops_within_a_step_and_writes_no_adapter(service, store, chorus
 def test_killed_run_resumes_from_its_checkpoint(service, store, chorus_home):
     run_id = service.start(SHAREGPT, "gpt", persona_name="Phoenix", consent=True, config=tiny_config(max_steps=60, save_every=4, samples=0))
     ckpts = chorus_home / "training" / run_id / "checkpoints"
-    _wait_for(lambda: (ckpts / "checkpoint-4" / "chorus_complete").is_file(), what="the first checkpoint")
-    _wait_for(lambda: service.status(run_id)["step"] >= 5, what="step 5")
+    wait_for(lambda: (ckpts / "checkpoint-4" / "chorus_complete").is_file(), what="the first checkpoint")
+    wait_for(lambda: service.status(run_id)["step"] >= 5, what="step 5")
     pid = store.training.get(run_id)["pid"]
     os.kill(pid, signal.SIGKILL)
     st = service.wait(run_id, timeout=60)

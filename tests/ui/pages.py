@@ -39,10 +39,22 @@ class ChatPage:
     def assistant_count(self) -> int:
         return self.page.locator("#ch-transcript .ch-msg.ch-assistant").count()
 
-    def send(self, text: str, wait: bool = True):
+    def send(self, text: str, wait: bool = True, via: str = "enter"):
+        """Send `text` as a person does: typed, lines joined with Shift+Enter, sent with
+        Enter (the box's own promise); or, with via="click", filled in and sent with Send."""
         before = self.page.locator("#ch-transcript .ch-msg.ch-assistant .ch-tools").count()
-        self.page.locator("#ch-input textarea").fill(text)
-        self.page.locator("#ch-send").click()
+        box = self.page.locator("#ch-input textarea")
+        if via == "click":
+            box.fill(text)
+            self.page.locator("#ch-send").click()
+        else:
+            box.fill("")
+            box.click()
+            for n, line in enumerate(text.split("\n")):
+                if n:
+                    self.page.keyboard.press("Shift+Enter")
+                self.page.keyboard.type(line)
+            self.page.keyboard.press("Enter")
         if wait:
             self.wait_done(before + 1)
 

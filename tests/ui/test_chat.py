@@ -52,11 +52,35 @@ def test_reply_streams_token_by_token_and_html_does_not_run(chat_page):
     expect(page.locator("#ch-convlist .ch-conv").first).to_contain_text("Byte")
 
 
+def test_enter_sends_and_shift_enter_adds_a_line(chat_page):
+    """Real key presses, as the placeholder says: Shift+Enter adds a line and sends nothing;
+    Enter sends both lines, a reply comes, and the box is empty again."""
+    page = chat_page.page
+    chat_page.set_sampling(max_new_tokens=8, seed=6)
+    box = page.locator("#ch-input textarea")
+    expect(box).to_have_attribute("placeholder", "Message (Enter sends, Shift+Enter for a new line)")
+    box.click()
+    page.keyboard.type("First line")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("second line")
+    page.wait_for_timeout(1000)  # time for a wrongly sent message to show up
+    expect(box).to_have_value("First line\nsecond line")
+    assert page.locator("#ch-transcript .ch-msg.ch-user").count() == 0
+    page.keyboard.press("Enter")
+    chat_page.wait_done(2)  # the greeting, then the reply
+    user = page.locator("#ch-transcript .ch-msg.ch-user")
+    expect(user).to_have_count(1)
+    assert user.locator(".ch-raw").input_value() == "First line\nsecond line"
+    name, text = chat_page.replies()[-1]
+    assert name == "Byte"
+    expect(box).to_have_value("")
+
+
 def test_switching_persona_mid_conversation(chat_page):
     chat_page.set_sampling(max_new_tokens=12, seed=1)
     chat_page.send("Hello Byte")
     chat_page.pick("Juniper")
-    chat_page.send("And you, Juniper?")
+    chat_page.send("And you, Juniper?", via="click")  # the Send button works too
     names = [n for n, _ in chat_page.replies()]
     assert names == ["Byte", "Byte", "Juniper"]  # greeting, first reply, the new persona
     last = chat_page.last()

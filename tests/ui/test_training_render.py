@@ -64,3 +64,17 @@ def test_duration_and_loss_frame():
     assert sorted(set(frame["series"])) == ["held-out", "training"] and len(frame) == 3
     early = loss_frame({"train": [], "eval": [[0, 3.0]]})  # before the first step: both series, one without points
     assert sorted(set(early["series"])) == ["held-out", "training"] and early["loss"].isna().sum() == 1
+
+
+def test_waiting_for_the_model_is_worded_for_the_train_tab():
+    from ui.training_render import LOADING_NOTE, waiting_html
+
+    waiting = {"speaker": EVIL, "persona_name": "Rosa", "run": None, "error": None, "cancelled": False,
+               "note": "Loading tiny-llama (NF4 4-bit)..."}
+    html = waiting_html(waiting)
+    assert 'data-state="waiting"' in html and "Waiting for the model to load" in html and "Loading tiny-llama" in html
+    assert "width:0%" in html and "<img" not in html
+    failed = waiting_html({**waiting, "error": "Training did not start: the model could not be loaded."})
+    assert 'data-state="not-started"' in failed and "could not be loaded" in failed
+    for text in (html, failed, LOADING_NOTE):  # about training, never about a message
+        assert "message" not in text.lower()
