@@ -18,9 +18,12 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     `app.py --model X chat ...` and `app.py chat ... --model X` both work."""
     default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=default(None), help="Hugging Face model id or local folder (default: the embedded SmolLM2-135M-Instruct)")
+    common.add_argument("--model", default=default(None), help="Hugging Face model id, local model folder or .gguf file (default: the model last chosen on the page, "
+                        "kept in $CHORUS_HOME/model.json, else the embedded SmolLM2-135M-Instruct)")
     common.add_argument("--data-dir", default=default(None), help="where Chorus keeps its data (default: $CHORUS_HOME or a per-user data folder)")
     common.add_argument("--max-resident-adapters", type=int, default=default(8), help="how many persona adapters stay loaded at once (default 8)")
+    common.add_argument("--context-limit", type=int, default=default(None), help="tokens of context a reply sees (default 4096, "
+                        "or less if the model has less); a shorter one needs less memory")
     return common
 
 
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: chosen from the data)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16; alpha follows at 2x rank)")
     p.add_argument("--config", default=None, help='more training settings as JSON, e.g. \'{"learning_rate": 5e-4}\'')
+    p.add_argument("--keep", action="append", default=[], metavar="BODY",
+                   help="a message body that `inspect` set aside as a repeated placeholder but is the speaker's words: train on it (repeatable)")
     p.add_argument("--runs", action="store_true", help="list the training runs: state, progress, loss, ETA")
     p.add_argument("--attach", metavar="RUN", default=None, help="follow a run's progress until it ends (Ctrl-C stops watching, not the run)")
     p.add_argument("--cancel", metavar="RUN", default=None, help="stop a run after its current step (it can be resumed)")
@@ -140,7 +145,8 @@ def cmd_chat(args) -> int:
     from core.engine import GenerationSettings
     from core.runtime import Runtime, RuntimeOptions
 
-    runtime = Runtime(RuntimeOptions(model=args.model, max_resident_adapters=args.max_resident_adapters))
+    runtime = Runtime(RuntimeOptions(model=args.model, max_resident_adapters=args.max_resident_adapters,
+                                     context_limit=args.context_limit))
     persona = runtime.store.personas.find(args.persona)
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
     if args.conversation:
@@ -209,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         os.environ["CHORUS_HOME"] = os.path.abspath(os.path.expanduser(args.data_dir))
     from core.errors import ChorusError
+
+    if getattr(args, "model", None) is None:  # no --model: the one last chosen on the page, if any
+        from core.model_catalog import remembered_model
+        from storage.paths import chorus_home
+
+        args.model = remembered_model(chorus_home())
+        if args.model and args.command in (None, "chat", "train", "import"):
+            print(f"Using {args.model}, the model last chosen on the page (--model overrides it).", file=sys.stderr)
 
     handlers = {
         "personas": cmd_personas,

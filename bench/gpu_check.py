@@ -1,8 +1,11 @@
 """GPU check: Chorus's whole path on a CUDA machine in a few minutes, as one JSON object.
 
-    python bench/gpu_check.py [--model PATH_OR_ID]
+    python bench/gpu_check.py [--model HUB_ID | FOLDER | FILE.gguf]
 
-In order: engine load (NF4 on cuda:0), a reply without an adapter, persona switches (first
+`--model` takes what the app's `--model` takes (core/model_source.py), so the same check
+runs a real 1-8B model: `--model Qwen/Qwen2.5-1.5B-Instruct` downloads it once into the hub
+cache. In order: engine load (NF4 on cuda:0; the memory estimate against the footprint and
+the load's CUDA peak), a reply without an adapter, persona switches (first
 load, another persona, back to a resident one), a reply with an adapter, a group of
 personas decoded together, a QLoRA training run of 20 steps through the app's training
 service and worker (the loss must go down), the hot-load of the trained adapter into the
@@ -93,9 +96,12 @@ def run_checks(args, want: str, work: Path) -> dict:
     from bench.train_synth_export import write_export
     from core.device import model_device
     from core.engine import AdapterRef, Engine
+    from transformers import AutoConfig
+
     from core.logs import quiet_libraries
+    from core.memory_fit import estimate
     from core.model_source import resolve_model
-    from core.synthetic import ALL_LINEAR, make_random_adapter
+    from core.synthetic import make_random_adapter
     from core.training.service import TrainingService
     from storage.paths import chorus_home
     from storage.store import Store
@@ -111,8 +117,15 @@ def run_checks(args, want: str, work: Path) -> dict:
         row.update(device=engine.info.device, model_device=str(model_device(engine.model)), load_s=engine.info.load_s,
                    footprint_mb=engine.info.footprint_mb, quantization=engine.info.quantization)
         row["ok_on_device"] = engine.info.device == want and model_device(engine.model).type == want
+        # The memory estimate the loader checked against what was free (core/memory_fit.py),
+        # against what the load took.
+        est = estimate(AutoConfig.from_pretrained(str(source.path)), context=engine.context_limit, device=want)
+        row.update(estimate_weights_mb=round(est.weights_bytes / 1e6, 1), estimate_total_mb=round(est.total_bytes / 1e6, 1))
+        row["ok_estimate_covers_footprint"] = est.weights_bytes >= engine.info.footprint_mb * 1e6
         if want == "cuda":
             row["cuda_memory_mb"] = round(torch.cuda.memory_allocated() / 1e6, 1)
+            row["cuda_load_peak_mb"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
+            row["ok_estimate_covers_load_peak"] = row["cuda_load_peak_mb"] * 1e6 <= est.total_bytes
     if not checks.passed("engine_load"):
         return out
 
@@ -122,7 +135,7 @@ def run_checks(args, want: str, work: Path) -> dict:
     # scale 1.0: random adapters that visibly change every reply, so a reply that ignored
     # its adapter shows up as the base's text
     refs = [AdapterRef(f"gpu-{i}", make_random_adapter(source.path, work / f"a{i}", seed=i, rank=16, alpha=32,
-                                                        targets=ALL_LINEAR, scale=1.0, base_name=source.name))
+                                                        targets="all-linear", scale=1.0, base_name=source.name))
             for i in range(3)]
     tokens = args.tokens
 
@@ -224,7 +237,8 @@ def run_checks(args, want: str, work: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model id or folder (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument("--model", default=None, help="a hub id (downloaded once), a model folder or a .gguf file "
+                    "(converted once); default: the embedded SmolLM2-135M-Instruct")
     ap.add_argument("--steps", type=int, default=20, help="training steps")
     ap.add_argument("--messages", type=int, default=400, help="messages in the synthetic chat export trained on")
     ap.add_argument("--tokens", type=int, default=24, help="new tokens per reply")

@@ -37,7 +37,7 @@ from core import attention  # noqa: E402
 from core.engine import AdapterRef, Engine, GenerationSettings  # noqa: E402
 from core.logs import quiet_libraries  # noqa: E402
 from core.model_source import resolve_model  # noqa: E402
-from core.synthetic import ALL_LINEAR, make_random_adapter  # noqa: E402
+from core.synthetic import make_random_adapter  # noqa: E402
 from storage.paths import chorus_home  # noqa: E402
 
 WEIGHTS = "adapter_model.safetensors"
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
 def measure(args, source, work: Path, log) -> dict:
     log("making rank-16 adapters on all linear layers...")
     adapters = [
-        make_random_adapter(source.path, work / f"p{i}", seed=i, rank=16, alpha=32, targets=ALL_LINEAR, scale=0.3, base_name=source.name)
+        make_random_adapter(source.path, work / f"p{i}", seed=i, rank=16, alpha=32, targets="all-linear", scale=0.3, base_name=source.name)
         for i in range(4)
     ]
     adapters += [clone_adapter(adapters[i % 4], work / f"p{i}", seed=i) for i in range(4, 20)]

@@ -89,15 +89,37 @@ def _rows(query, key, value, scaling):
     return out.reshape(b, 1, heads, value.shape[-1])
 
 
+def declined(model) -> str | None:
+    """Why `model` does not (or would not) run the decode attention; None when it does or can.
+    Shown in the engine's status (`fast_paths["declined"]`)."""
+    config = model.config
+    impl = getattr(config, "_attn_implementation", None)
+    if impl == NAME:
+        return None
+    arch = type(model).__name__
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        return "not used off the CPU"
+    if getattr(config, "attn_logit_softcapping", None):
+        # The soft cap is applied to the scores before the softmax: another arithmetic.
+        return f"{arch} soft-caps attention scores; transformers' own '{impl}' attention runs"
+    if impl != "sdpa":
+        return f"{arch} runs transformers' '{impl}' attention, not sdpa; kept as it is"
+    if not model._can_set_attn_implementation():
+        return f"{arch} cannot switch its attention implementation"
+    return None
+
+
 def use(model) -> bool:
     """Give `model` the decode attention if it runs transformers' sdpa on the CPU. Returns
-    whether it did (models that cannot switch, or are on CUDA, keep their own)."""
+    whether it did (models that cannot switch, soft-cap their attention scores, or are on
+    CUDA keep their own: `declined` says why)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     config = model.config
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    if getattr(config, "_attn_implementation", None) != "sdpa" or not on_cpu or not model._can_set_attn_implementation():
+    if getattr(config, "_attn_implementation", None) == NAME:
+        return True
+    if declined(model) is not None:
         return False
     AttentionInterface.register(NAME, decode_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)

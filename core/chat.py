@@ -2,7 +2,10 @@
 
 A handler (web UI or command line) calls one method here; this module renders the
 persona's prompt from the shown branch, asks the engine for a streamed reply with the
-persona's adapter, and saves what was written, with the persona that wrote it.
+persona's adapter, and saves what was written, with the persona that wrote it. A
+reasoning model's <think> blocks are filtered out of the stream as it comes
+(core.thinking): never shown as the persona's words nor saved as its reply, kept in the
+message's meta under "thinking".
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Iterator
 
 from core.engine import AdapterRef, Engine, GenerationSettings
 from core.errors import AdapterCorrupt, AdapterIncompatible, ChorusError, NotFound
+from core.loader import model_name_matches
 from core.prompting import build_prompt, fill_placeholders
+from core.thinking import ThinkFilter
 from storage.store import Store
 
 
@@ -38,6 +43,18 @@ class ChatService:
         if row is None:
             return None
         return AdapterRef(persona["id"], self.store.adapters.folder(row), row["sha256"])
+
+    def other_base(self, persona: dict) -> str | None:
+        """The base model the persona's adapter was trained on, when it is not the running
+        one (by its recorded fingerprint, else its name); None when it fits or there is none."""
+        row = self.store.current_adapter(persona)
+        if row is None:
+            return None
+        info = self.engine.info
+        recorded = row.get("base_fingerprint") or ""
+        if (recorded and recorded != info.fingerprint) or not model_name_matches(row.get("base_model"), info.name):
+            return row.get("base_model") or f"another base model (fingerprint {recorded})"
+        return None
 
     def attach_adapter(self, persona_id: str, folder: Path) -> dict:
         """Check an adapter folder against the running model, store it as the persona's
@@ -133,6 +150,12 @@ class ChatService:
         stop = stop or threading.Event()
         adapter = self.adapter_ref(persona)
         warning = None
+        other = self.other_base(persona)
+        if other:
+            # Trained on a base that is not the one running: the card answers, and the
+            # adapter stays attached for when that base is back (nothing is detached).
+            warning = f"{persona['name']}'s adapter was trained on {other}; answering from its card until {other} is back."
+            adapter = None
         if adapter is not None:
             try:
                 self.engine.ensure_adapter(adapter)
@@ -150,18 +173,27 @@ class ChatService:
         pieces: list[str] = []
         figures: dict = {}
         error: ChorusError | None = None
+        thoughts = ThinkFilter(inside=prompt.opens_thinking)
         try:
             for piece in self.engine.stream(prompt.input_ids, adapter, settings, stop, result=figures):
-                pieces.append(piece)
-                yield ReplyEvent("delta", piece)
+                shown = thoughts.feed(piece)
+                if shown:
+                    pieces.append(shown)
+                    yield ReplyEvent("delta", shown)
+            # Text held back as a possible tag that never completed is the persona's words.
+            shown = thoughts.finish()
+            if shown:
+                pieces.append(shown)
+                yield ReplyEvent("delta", shown)
         except ChorusError as exc:
             error = exc
         finally:
             # Saved even when the consumer stops early: what was written is kept. A reply
             # that failed before writing anything is not saved as an empty message.
+            pieces.append(thoughts.finish())  # after an early stop: what was held back, if anything
             text = "".join(pieces).strip()
             if error is None or text:
-                message = self._save_reply(conversation_id, persona, parent, text, settings, figures, adapter, prompt, warning, error)
+                message = self._save_reply(conversation_id, persona, parent, text, settings, figures, adapter, prompt, warning, error, thoughts)
         if error is not None:
             self._check_not_deleted(persona)
             raise error
@@ -174,7 +206,7 @@ class ChatService:
         except NotFound:
             raise NotFound(f"{persona['name']} was deleted while this reply was being prepared; nothing more was written.") from None
 
-    def _save_reply(self, conversation_id, persona, parent, text, settings, figures, adapter, prompt, warning, error):
+    def _save_reply(self, conversation_id, persona, parent, text, settings, figures, adapter, prompt, warning, error, thoughts):
         meta = {
             "settings": settings.as_dict(),
             # Not filled when the consumer left before the worker finished: that is a stop too.
@@ -182,6 +214,10 @@ class ChatService:
             "adapter_sha256": adapter.sha256 if adapter else None,
             "dropped_turns": prompt.dropped_turns,
         }
+        if thoughts.thinking:
+            meta["thinking"] = thoughts.thinking
+            if thoughts.unclosed:
+                meta["thinking_unclosed"] = True  # the reply ended (or was stopped) mid-thought
         if warning:
             meta["warning"] = warning
         if error is not None:

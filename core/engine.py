@@ -143,13 +143,15 @@ class Engine:
 
     @classmethod
     def load(cls, source: ModelSource, *, max_resident: int = 8, quantize: bool = True, context_limit=None) -> "Engine":
-        model, tokenizer, info = load_base(source, quantize=quantize)
+        model, tokenizer, info = load_base(source, quantize=quantize, context_limit=context_limit)
         return cls(model, tokenizer, info, max_resident=max_resident, context_limit=context_limit)
 
     def _self_check(self) -> dict:
         """Compare the one-token fast kernels with the reference ones on this machine (a
         few ms); turn off each that disagrees beyond bf16 rounding. Returns what the
-        status line shows: {"ok", "summary", "off": {path: why}, "ms"}."""
+        status line shows: {"ok", "summary", "off": {path: why}, "declined": {path: why},
+        "ms"}; "declined" names the fast paths this model's family does not take (Gemma 2
+        soft-caps its attention scores: its decode steps keep transformers' attention)."""
         import torch
 
         from core import attention, lora_fast
@@ -157,7 +159,11 @@ class Engine:
         t0 = time.perf_counter()
         off = {}
         if model_device(self.model).type != "cpu":
-            return {"ok": True, "summary": "not used off the CPU", "off": {}, "ms": 0.0}
+            return {"ok": True, "summary": "not used off the CPU", "off": {}, "declined": {}, "ms": 0.0}
+        declined = {}
+        why_not = attention.declined(self.model)
+        if why_not:
+            declined["decode_attention"] = why_not
         head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
         skip = {name for name, mod in self.model.named_modules() if mod is head}
         shapes = [(i, o) for name, (i, o, kind) in self._shapes.items() if kind == "linear" and name not in skip]
@@ -176,7 +182,10 @@ class Engine:
         finally:
             torch.set_num_threads(before)
         summary = "on" if not off else "off (self-check: " + "; ".join(off.values()) + ")"
-        return {"ok": not off, "summary": summary, "off": off, "ms": round((time.perf_counter() - t0) * 1000, 2)}
+        if declined:
+            summary += " (declined: " + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in declined.items()) + ")"
+        return {"ok": not off, "summary": summary, "off": off, "declined": declined,
+                "ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     # adapters --------------------------------------------------------------
 
@@ -512,7 +521,7 @@ class Engine:
             "context_limit": self.context_limit,
             "last_switch": dict(self.last_switch),
             "last_generation": dict(self.last_generation),
-            "fast_paths": {**self.fast_paths, "off": dict(self.fast_paths["off"])},
+            "fast_paths": {**self.fast_paths, "off": dict(self.fast_paths["off"]), "declined": dict(self.fast_paths.get("declined", {}))},
         }
 
     def status(self) -> dict:

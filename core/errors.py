@@ -7,6 +7,7 @@ __all__ = [
     "NotFound",
     "StorageError",
     "ModelUnavailable",
+    "ModelTooLarge",
     "AdapterIncompatible",
     "AdapterCorrupt",
     "ExportFormatUnknown",
@@ -19,6 +20,10 @@ __all__ = [
 
 class ModelUnavailable(ChorusError):
     """The base model cannot be found, downloaded or loaded."""
+
+
+class ModelTooLarge(ModelUnavailable):
+    """The model would not fit in the memory the device has free."""
 
 
 class AdapterIncompatible(ChorusError):

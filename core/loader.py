@@ -33,11 +33,44 @@ _FINGERPRINT_KEYS = (
 )
 
 
+# Fields that change what the weights compute in some families (Gemma's soft-capping and
+# query scale, sliding windows, Qwen2's q/k/v bias, llama3 rope scaling...). Each counts
+# only where it differs from the Llama value in the second column, so a Llama's
+# fingerprint (and every adapter recorded with one) is what it was before they counted.
+_FAMILY_KEYS = (
+    ("attn_logit_softcapping", None),
+    ("final_logit_softcapping", None),
+    ("query_pre_attn_scalar", None),
+    ("sliding_window", None),
+    ("attention_bias", False),
+    ("mlp_bias", False),
+    ("hidden_act", "silu"),
+    ("hidden_activation", None),
+    ("partial_rotary_factor", 1.0),
+)
+
+
+def _family_fields(d: dict) -> dict:
+    """The family-specific fields of config dict `d` that differ from a plain Llama's."""
+    picked = {k: d[k] for k, plain in _FAMILY_KEYS if d.get(k) is not None and d[k] != plain}
+    if d.get("sliding_window") and d.get("use_sliding_window") is False:
+        picked.pop("sliding_window", None)  # Qwen keeps a window size it does not use
+    layer_types = d.get("layer_types") or ()
+    if any(t != "full_attention" for t in layer_types):
+        picked["layer_types"] = list(layer_types)
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    if isinstance(rope, dict) and (set(rope) - {"rope_type", "rope_theta"} or rope.get("rope_type", "default") != "default"):
+        picked["rope"] = rope  # scaled rope (llama3, yarn, per layer type): positions mean another thing
+    return picked
+
+
 def config_fingerprint(config) -> str:
-    """A short, stable hash of the shape-defining config fields."""
+    """A short, stable hash of the shape-defining config fields, and of the fields by which
+    families differ in what the same shapes compute (`_FAMILY_KEYS`)."""
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     picked = {k: d.get(k) for k in _FINGERPRINT_KEYS}
     picked["rope_theta"] = d.get("rope_theta") or (d.get("rope_parameters") or {}).get("rope_theta")
+    picked.update(_family_fields(d))
     blob = json.dumps(picked, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -72,8 +105,9 @@ def nf4_config():
     )
 
 
-def load_base(source: ModelSource, *, quantize: bool = True, device: str | None = None):
-    """Load `source` in NF4 (or bf16 with quantize=False). Returns (model, tokenizer, ModelInfo)."""
+def load_base(source: ModelSource, *, quantize: bool = True, device: str | None = None, context_limit: int | None = None):
+    """Load `source` in NF4 (or bf16 with quantize=False), after checking that it fits with
+    `context_limit` tokens of KV cache (4096 if None). Returns (model, tokenizer, ModelInfo)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -83,6 +117,12 @@ def load_base(source: ModelSource, *, quantize: bool = True, device: str | None 
     if quantize:
         kwargs["quantization_config"] = nf4_config()
     try:
+        # Refuse a model that would not fit before loading it (core/memory_fit.py).
+        from core.memory_fit import check_fits
+        from transformers import AutoConfig
+
+        check_fits(AutoConfig.from_pretrained(str(source.path)), source.name, device=device,
+                   context=context_limit or 4096, quantize=quantize)
         tokenizer = AutoTokenizer.from_pretrained(str(source.path))
         model = AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
     except (OSError, ValueError) as exc:

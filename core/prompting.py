@@ -1,16 +1,24 @@
 """Turning a persona card and a conversation into the model's own chat format.
 
 The card becomes the system message; the conversation's shown branch becomes the turns.
-Replies written by another persona (after a mid-conversation switch) are labelled with
-that persona's name so the new voice does not mistake them for its own. When the prompt
-is too long for the context window, the oldest turns go first; the system message and the
-latest user turn always stay.
+Replies written by another persona (after a mid-conversation switch) are not the new
+voice's own words: they become user-side turns under that persona's name, as other people's
+turns are in a training example made from a group chat ("Name: text"), and once another
+persona has spoken the user's turns carry the user's name too, so every line says who said
+it. Consecutive user-side turns are one turn, as in training. When the prompt is too long
+for the context window, the oldest turns go first; the system message and the latest user
+turn always stay. Rendering goes through core.chat_template, which fits the messages to what
+the model's template accepts (no system role, strict alternation, thinking switch), the
+same way the training examples are rendered.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from core.chat_template import encode_text, render
+from core.thinking import prompt_opens_thinking
 
 DEFAULT_USER_NAME = "User"
 
@@ -45,43 +53,34 @@ class Prompt:
     messages: list[dict]  # what was rendered, after truncation
     input_ids: list[int]
     dropped_turns: int
+    opens_thinking: bool = False  # the prompt ends inside a <think> block (core.thinking)
 
 
-def history_turns(path: list[dict], persona: dict) -> list[dict]:
+def _other_persona(msg: dict, persona: dict) -> bool:
+    return msg["role"] == "assistant" and bool(msg.get("persona_id")) and msg["persona_id"] != persona.get("id")
+
+
+def history_turns(path: list[dict], persona: dict, user_name: str = DEFAULT_USER_NAME) -> list[dict]:
     """Messages of the shown branch as chat turns, from the point of view of `persona`."""
-    turns = []
+    named = any(_other_persona(m, persona) for m in path)
+    turns: list[dict] = []
     for msg in path:
         if msg["role"] == "system":
             continue
-        content = msg["content"]
-        if msg["role"] == "assistant" and msg.get("persona_id") and msg["persona_id"] != persona.get("id"):
-            content = f"[{msg.get('persona_name') or msg['persona_id']}]: {content}"
-        turns.append({"role": msg["role"], "content": content})
+        role, content = msg["role"], msg["content"]
+        if _other_persona(msg, persona):
+            role, content = "user", f"{msg.get('persona_name') or msg['persona_id']}: {content}"
+        elif role == "user" and named:
+            content = f"{user_name}: {content}"
+        if turns and turns[-1]["role"] == role == "user":  # one user-side turn, as in training
+            turns[-1]["content"] += "\n" + content
+        else:
+            turns.append({"role": role, "content": content})
     return turns
 
 
 def _apply(tokenizer, messages: list[dict]) -> list[int]:
-    try:
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    except Exception:  # templates that refuse a system role or a leading assistant turn
-        merged = _merge_for_strict_template(messages)
-        out = tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=True)
-    if hasattr(out, "keys") and "input_ids" in out:
-        out = out["input_ids"]
-    return list(out)
-
-
-def _merge_for_strict_template(messages: list[dict]) -> list[dict]:
-    """Fold the system message into the first user turn and drop leading assistant turns."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    rest = [m for m in messages if m["role"] != "system"]
-    while rest and rest[0]["role"] == "assistant":
-        system += f"\n\n(Opening line: {rest.pop(0)['content']})"
-    if rest:
-        rest[0] = {"role": "user", "content": f"{system}\n\n{rest[0]['content']}".strip()}
-    else:
-        rest = [{"role": "user", "content": system}]
-    return rest
+    return encode_text(tokenizer, render(tokenizer, messages, generation_prompt=True))
 
 
 def build_prompt(tokenizer, persona: dict, path: list[dict], budget: int) -> Prompt:
@@ -112,4 +111,5 @@ def build_prompt(tokenizer, persona: dict, path: list[dict], budget: int) -> Pro
         turns = [{"role": last["role"], "content": tokenizer.decode(tail_ids)}]
         messages = [system, *turns]
         ids = _apply(tokenizer, messages)
-    return Prompt(messages=messages, input_ids=ids, dropped_turns=dropped)
+    opens = prompt_opens_thinking(tokenizer.decode(ids[-16:]))
+    return Prompt(messages=messages, input_ids=ids, dropped_turns=dropped, opens_thinking=opens)

@@ -4,10 +4,18 @@ The web page is usable while the model loads; anything that needs the model asks
 runtime, which either hands out the chat service or says plainly that it is loading.
 A training run asked for while the model loads waits here and starts once it is ready
 (`start_training`, `waiting_training`).
+
+`switch_model` replaces the model while the app runs: serving stops (a reply in progress
+finishes first), the old engine is freed, the new one loads in the background with the same
+progress as the first load, and the chat and training services move onto it. A training run
+already going keeps its own model (it runs in a worker process). A model that fails to load
+leaves the previous one back in place and the reason on the status line. The model chosen
+last is remembered in $CHORUS_HOME/model.json (core/model_catalog.py) for the next start.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -19,7 +27,8 @@ from core.chat import ChatService
 from core.engine import Engine
 from core.errors import ChorusError
 from core.logs import quiet_libraries
-from core.model_source import resolve_model
+from core.model_catalog import remember_model, same_model
+from core.model_source import ModelSource, resolve_model
 from core.starter import seed_starters
 from core.training.config import TrainConfig
 from core.training.service import TrainingBusy, TrainingService
@@ -30,9 +39,13 @@ class ModelLoading(ChorusError):
     """The model is still loading."""
 
 
+# How long a switch waits for a reply in progress on the old model before freeing it anyway.
+SWITCH_WAIT_S = 120.0
+
+
 @dataclass
 class RuntimeOptions:
-    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct (app.py passes the remembered choice)
     max_resident_adapters: int = 8
     quantize: bool = True  # NF4; False loads bf16 (for comparisons)
     context_limit: int | None = None
@@ -53,6 +66,10 @@ class Runtime:
         # Training runs asked for before the model was ready: token -> {"request", "run", "error"}.
         self._waiting: dict[str, dict] = {}
         self._waiting_lock = threading.Lock()
+        self._switch_lock = threading.Lock()
+        self._switching: str | None = None  # the model being switched to, while it loads
+        self._retiring: ChatService | None = None  # the service being replaced, until the switch drops it
+        self.switch_error: str | None = None  # why the last switch failed (the status line says it)
 
     def _note(self, message: str) -> None:
         self.progress.append(message)
@@ -63,21 +80,7 @@ class Runtime:
         """Load the model in this thread (command line) and return the chat service."""
         quiet_libraries()
         try:
-            self._note("Preparing the model...")
-            source = resolve_model(self.options.model, self.store.home, self._note)
-            self._note(f"Loading {source.name} ({'NF4 4-bit' if self.options.quantize else 'bf16'})...")
-            engine = Engine.load(
-                source,
-                max_resident=self.options.max_resident_adapters,
-                quantize=self.options.quantize,
-                context_limit=self.options.context_limit,
-            )
-            self._chat = ChatService(self.store, engine)
-            training = TrainingService(self.store, engine)
-            training.mark_seen()  # adapters of runs finished before this start are loaded on demand
-            self._note(f"Model ready: {engine.info.name}, {engine.info.quantization}, {engine.info.footprint_mb} MB.")
-            with self._waiting_lock:
-                self._training = training
+            self._install(self._load_engine(self.options.model))
         except ChorusError as exc:
             self._error = exc
             raise
@@ -89,6 +92,122 @@ class Runtime:
             self._start_waiting()
         return self._chat
 
+    def _load_engine(self, spec: str | None) -> Engine:
+        self._note("Preparing the model...")
+        # Download byte counts go to the page (its loading message is the last note), not to
+        # stderr, where the hub draws its own bar.
+        source = resolve_model(spec, self.store.home, self._note, download_report=self.progress.append,
+                               context_limit=self.options.context_limit)
+        self._note(f"Loading {source.name} ({'NF4 4-bit' if self.options.quantize else 'bf16'})...")
+        return Engine.load(
+            source,
+            max_resident=self.options.max_resident_adapters,
+            quantize=self.options.quantize,
+            context_limit=self.options.context_limit,
+        )
+
+    def _install(self, engine: Engine) -> None:
+        """Serve `engine`: a chat service on it, and the training service moved onto it."""
+        self._chat = ChatService(self.store, engine)
+        with self._waiting_lock:
+            if self._training is None:
+                training = TrainingService(self.store, engine)
+                training.mark_seen()  # adapters of runs finished before this start are loaded on demand
+                self._training = training
+            else:  # the same service (it knows the workers it started); new runs train on the new model
+                self._training.engine = engine
+                self._training.model = ModelSource(engine.info.name, Path(engine.info.path))
+        self._note(f"Model ready: {engine.info.name}, {engine.info.quantization}, {engine.info.footprint_mb} MB.")
+
+    # switching the model while the app runs ------------------------------------------------
+
+    def switch_model(self, spec: str) -> threading.Thread:
+        """Start replacing the served model by `spec` (a hub id, a folder, or the embedded
+        model's name) in the background; the status line shows the progress."""
+        spec = (spec or "").strip()
+        if not spec:
+            raise ChorusError("Name a model: pick a cached one, or type a hub id (org/name) or a model folder.")
+        if Path(spec).expanduser().exists():  # remembered for the next start, whatever its working folder
+            spec = str(Path(spec).expanduser().resolve())
+        with self._switch_lock:
+            if self._switching or not self._ready.is_set():
+                raise ModelLoading(f"A model is loading ({self._last()}); switch once it is ready.")
+            if self._chat is not None and same_model(spec, self.options.model):
+                raise ChorusError(f"{self._chat.engine.info.name} is already the running model.")
+            self._switching = spec
+            self.switch_error = None
+            self._error = None  # a failed first load is what a switch may be recovering from
+            self.started = time.time()
+            self._ready.clear()
+            # Handed to the switching thread through an attribute, not its arguments, which
+            # the thread keeps until it ends: the old engine must be freeable before the new loads.
+            self._retiring, self._chat = self._chat, None  # new requests now hear that the model is switching
+            if self._training is not None:
+                self._training.engine = None  # a run finishing now is loaded on demand later
+        thread = threading.Thread(target=self._switch, args=(spec,), name="chorus-model-switch", daemon=True)
+        thread.start()
+        return thread
+
+    def _switch(self, spec: str) -> None:
+        previous = self.options.model
+        old, self._retiring = self._retiring, None
+        had_model = old is not None
+        quiet_libraries()
+        try:
+            if old is not None:
+                self._note(f"Switching to {spec}: stopping {old.engine.info.name}...")
+                self._wait_idle(old.engine)
+            del old
+            self._release_memory()
+            try:
+                engine = self._load_engine(spec)
+            except Exception as exc:  # the page must hear why, and keep a model to chat with
+                why = str(exc) if isinstance(exc, ChorusError) else f"{type(exc).__name__}: {exc}"
+                self.switch_error = f"Could not switch to {spec}: {why}"
+                self._note(self.switch_error)
+                gc.collect()
+                if had_model:  # the model served before loaded once: bring it back
+                    self._note(f"Loading {previous or 'the embedded model'} again...")
+                    engine = self._load_engine(previous)
+                    self.switch_error += f" Still on {engine.info.name}."
+                else:
+                    raise
+            else:
+                self.options.model = spec
+                where = remember_model(self.store.home, spec)
+                self._note(f"{spec} is remembered in {where} for the next start (--model overrides it).")
+            self._install(engine)
+        except ChorusError as exc:
+            self._error = exc
+        except Exception as exc:
+            self._error = ChorusError(f"The model could not be loaded: {type(exc).__name__}: {exc}")
+        finally:
+            self._switching = None
+            self._ready.set()
+            self._start_waiting()
+
+    @staticmethod
+    def _wait_idle(engine: Engine) -> None:
+        """Let a reply in progress on `engine` finish (new ones cannot start: its chat service is gone)."""
+        # The engine's generation lock is held for the whole of a reply: taking it once
+        # means none is running.
+        if engine._lock.acquire(timeout=SWITCH_WAIT_S):
+            engine._lock.release()
+
+    @staticmethod
+    def _release_memory() -> None:
+        """Free the old model before the new one loads (they need not fit side by side)."""
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @property
+    def switching(self) -> str | None:
+        """The model being switched to, while it loads; None otherwise."""
+        return self._switching
+
     # training asked for while the model loads -------------------------------------------
 
     def start_training(self, **request) -> dict:
@@ -96,7 +215,7 @@ class Runtime:
         when the model is ready; while it loads, {"waiting": token}: the run starts when it
         is ready (see `waiting_training`). A failed load raises its error."""
         with self._waiting_lock:
-            if self._training is None and self._error is None:
+            if (self._training is None or self._switching) and self._error is None:
                 if not request.get("consent"):
                     raise ChorusError("Confirm that you may use the messages of the person whose voice is learned.")
                 TrainConfig.from_dict(request.get("config"))  # a bad setting is said now, not after the load
@@ -117,7 +236,7 @@ class Runtime:
             req = w["request"]
             return {"speaker": req.get("speaker"), "persona_name": req.get("persona_name"), "run": w["run"],
                     "error": w["error"], "cancelled": w["cancelled"],
-                    "note": "the model is ready; starting the run" if self._training else self._last()}
+                    "note": "the model is ready; starting the run" if self._training and not self._switching else self._last()}
 
     def cancel_waiting(self, token: str) -> None:
         with self._waiting_lock:
@@ -200,6 +319,9 @@ class Runtime:
             return self._chat
         if self._error is not None:
             raise self._error
+        if self._switching:
+            raise ModelLoading(f"The model is switching to {self._switching} ({self._last()}). "
+                               "Your message was not sent; try again once it is ready.")
         raise ModelLoading(f"The model is still loading ({self._last()}). Your message was not sent; try again in a moment.")
 
     def _last(self) -> str:

@@ -132,3 +132,22 @@ def m003_training_owner(db: Database) -> None:
     db.execute("ALTER TABLE training_runs ADD COLUMN owner_host TEXT")
     db.execute("ALTER TABLE training_runs ADD COLUMN owner_pid INTEGER")
     db.execute("ALTER TABLE training_runs ADD COLUMN owned_since TEXT")
+
+
+@migrations()
+def m004_voice_picks(db: Database) -> None:
+    # The blind "which sounds like them?" comparison of a finished run: one row per pair
+    # (a held-out message, a base + card reply and an adapter reply) the user judged.
+    # `pick` is what the user chose, already mapped from the page's left/right to which
+    # model wrote it; a pair judged again replaces its row.
+    db.execute(
+        """
+        CREATE TABLE voice_picks (
+            run_id TEXT NOT NULL REFERENCES training_runs(id) ON DELETE CASCADE,
+            pair INTEGER NOT NULL,
+            pick TEXT NOT NULL CHECK (pick IN ('base', 'adapter', 'neither')),
+            created TEXT NOT NULL,
+            PRIMARY KEY (run_id, pair)
+        )
+        """
+    )

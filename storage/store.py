@@ -1,5 +1,6 @@
 """The store facade: one object that opens `chorus.db` under the data root and hands out
-the persona, conversation and adapter-file repositories."""
+the persona, conversation and adapter-file repositories, training runs and their
+blind voice picks."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from storage.db import DatabaseHandle
 from storage.paths import chorus_home
 from storage.personas import PersonaRepo
 from storage.training_runs import TrainingRuns
+from storage.voice_picks import VoicePicks
 
 
 class Store:
@@ -22,6 +24,7 @@ class Store:
         self.conversations = ConversationRepo(self.handle)
         self.adapters = AdapterFiles(self.handle, self.home)
         self.training = TrainingRuns(self.handle)
+        self.voice_picks = VoicePicks(self.handle)
         self.adapters.sweep()
 
     def current_adapter(self, persona: dict) -> dict | None:

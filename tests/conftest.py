@@ -65,6 +65,15 @@ def tiny_model_dir(tokenizer_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_tiny_model_dir(tokenizer_dir) -> Path:
+    """A second random-weight Llama of another shape (3 layers instead of 2): another
+    fingerprint, for switching models (its folder name, tiny-llama-b, is its model name)."""
+    from core.synthetic import build_tiny_llama
+
+    return _locked_build(CACHE / "tiny-llama-b", lambda dest: build_tiny_llama(tokenizer_dir, dest, layers=3, seed=1))
+
+
+@pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct converted to safetensors (once per cache)."""
     from core.model_source import EMBEDDED_NAME, convert_gguf, find_embedded_gguf

@@ -59,7 +59,7 @@ def test_a_decode_attention_that_disagrees_gives_way_to_sdpa(tiny_engine_factory
 def test_the_status_line_says_when_the_fast_paths_are_off(tiny_engine, monkeypatch):
     from ui.status import status_html
 
-    runtime = SimpleNamespace(error=None, ready=True, chat=SimpleNamespace(engine=tiny_engine),
+    runtime = SimpleNamespace(error=None, ready=True, switching=None, switch_error=None, chat=SimpleNamespace(engine=tiny_engine),
                               store=SimpleNamespace(training=SimpleNamespace(active=lambda: [])))
     assert "fast paths" not in status_html(runtime)
     tiny_engine.fast_paths = {"ok": False, "summary": "off (self-check: torch.mv and F.linear differ)", "off": {"lora_mv": "x"}, "ms": 1.0}

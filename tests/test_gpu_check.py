@@ -32,5 +32,7 @@ def test_every_stage_passes_when_rehearsed_on_the_cpu(tiny_model_dir, chorus_hom
     assert done.returncode == 0 and result["ok"] is True and result["device"] == "cpu"
     assert list(result["checks"]) == ["engine_load", "reply_without_adapter", "persona_switch", "reply_with_adapter",
                                       "group", "training", "hot_load"]
+    load = result["checks"]["engine_load"]  # the memory estimate the loader checked, against the footprint
+    assert load["ok_estimate_covers_footprint"] and load["estimate_total_mb"] > load["estimate_weights_mb"] >= load["footprint_mb"]
     training = result["checks"]["training"]
     assert training["ok_train_loss_down"] and training["ok_heldout_loss_down"] and training["steps"] == 4

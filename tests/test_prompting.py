@@ -54,11 +54,13 @@ def test_rendered_through_the_chat_template(tok):
 
 
 def test_replies_of_other_personas_are_labelled():
+    # Another persona's words are not this voice's own: a user-side line under its name, as
+    # other people's lines are in a training example made from a group chat.
     path = [_msg(1, "user", "hi"), _msg(2, "assistant", "Hello there.", "quill", "Professor Quill"), _msg(3, "user", "and you?")]
     turns = history_turns(path, PERSONA)
-    assert turns[1] == {"role": "assistant", "content": "[Professor Quill]: Hello there."}
-    own = history_turns([_msg(1, "assistant", "Arr!", "mara", "Captain Mara")], PERSONA)
-    assert own[0]["content"] == "Arr!"
+    assert turns == [{"role": "user", "content": "User: hi\nProfessor Quill: Hello there.\nUser: and you?"}]
+    own = history_turns([_msg(1, "assistant", "Arr!", "mara", "Captain Mara"), _msg(2, "user", "hi")], PERSONA)
+    assert own == [{"role": "assistant", "content": "Arr!"}, {"role": "user", "content": "hi"}]
 
 
 def test_truncation_drops_oldest_turns_never_the_system_prompt(tok):

@@ -30,6 +30,7 @@ EXPECTED_COLUMNS = {
         "adapter_id", "evaluation", "pid", "created", "updated", "owner_host", "owner_pid", "owned_since",
     ],
     "training_progress": ["id", "run_id", "step", "loss", "eval_loss", "learning_rate", "tokens_per_s", "elapsed_s", "created"],
+    "voice_picks": ["run_id", "pair", "pick", "created"],
 }
 
 
@@ -40,14 +41,14 @@ def test_empty_database_migrates_to_exact_columns(chorus_home):
     assert tables == set(EXPECTED_COLUMNS)
     for table, columns in EXPECTED_COLUMNS.items():
         assert [c.name for c in db[table].columns] == columns, table
-    assert [m["name"] for m in db["_sqlite_migrations"].rows] == ["m001_initial", "m002_training", "m003_training_owner"]
+    assert [m["name"] for m in db["_sqlite_migrations"].rows] == ["m001_initial", "m002_training", "m003_training_owner", "m004_voice_picks"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_reopening_does_not_migrate_twice(chorus_home):
     Store()
     store = Store()
-    assert store.handle.db["_sqlite_migrations"].count == 3
+    assert store.handle.db["_sqlite_migrations"].count == 4
 
 
 def test_persona_ids_are_stable_slugs(chorus_home):

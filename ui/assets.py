@@ -131,4 +131,8 @@ CSS = r"""
 .tr-sample span { display: block; font-size: .75rem; font-weight: 600; color: var(--body-text-color-subdued); }
 .tr-s-finished { color: #059669; } .tr-s-failed { color: #b91c1c; }
 .tr-export ul { margin: 4px 0 0 18px; font-size: .85rem; }
+.tr-warn { color: #b45309; margin-top: 6px; font-size: .9rem; }
+.tr-kept { font-size: .9rem; margin: 6px 0; }
+.tr-moved { margin: 2px 0 0 18px; font-size: .85rem; }
+.tr-cols.tr-two { grid-template-columns: repeat(2, minmax(0, 1fr)); }
 """

@@ -127,7 +127,9 @@ class ChatView:
             if stop.is_set():
                 return False
             last = self.runtime.progress[-1] if self.runtime.progress else "starting"
-            notice = f"The model is still loading ({last}). Your message is queued and goes out when it is ready; Stop cancels it."
+            switching = self.runtime.switching
+            what = f"The model is switching to {switching}" if switching else "The model is still loading"
+            notice = f"{what} ({last}). Your message is queued and goes out when it is ready; Stop cancels it."
             yield self.transcript(state, notice=notice, pending=pending), state
             time.sleep(LOADING_POLL_S)
         return True

@@ -2,7 +2,8 @@
 conversations, personas, status); this module places them and connects them.
 
 Tabs: Chat, Personas, Train (`ui/training_view.py`). Card import/export lives in the
-persona editor and the conversation list (`ui/cards_view.py`).
+persona editor and the conversation list (`ui/cards_view.py`); the model switch sits under
+the status line (`ui/model_view.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ui.assets import CSS, PICK_JS
 from ui.cards_view import exports_root
 from ui.chat_view import ChatView
 from ui.conversations_view import ConversationsView
+from ui.model_view import ModelView
 from ui.personas_view import PersonasView
 from ui.session import Sessions, new_state
 from ui.status import note_pick, note_shown, status_html
@@ -35,6 +37,7 @@ def build(runtime) -> gr.Blocks:
     convs = ConversationsView(runtime, chat)
     personas = PersonasView(runtime, chat)
     training = TrainingView(runtime, chat, personas)
+    model = ModelView(runtime)
 
     def status(request: gr.Request = None):
         names = {p["id"]: p["name"] for p in runtime.store.personas.list()}
@@ -45,6 +48,7 @@ def build(runtime) -> gr.Blocks:
         with gr.Row(equal_height=True):
             gr.Markdown("# Chorus", elem_id="ch-title")
             status_box = gr.HTML(status(), elem_id="ch-status", js_on_load=None)
+        mv = model.build()
         timer = gr.Timer(STATUS_EVERY_S)
         with gr.Tabs(elem_id="ch-tabs") as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
@@ -73,6 +77,7 @@ def build(runtime) -> gr.Blocks:
         personas_tab.select(lambda: gr.update(choices=personas.choices()), None, pv.pick, queue=False)
         train_tab.select(lambda: gr.update(choices=training.targets()), None, tv.target, queue=False)
         timer.tick(status, None, status_box, show_progress="hidden", queue=False)
+        model.wire(mv)
         demo.load(note_shown(sessions, chat), [state], None, queue=False, show_progress="hidden")
         demo.load(chat.refresh, [state], [state, c.transcript, picker, c.active, cv.list], show_progress="hidden")
     return demo

@@ -122,6 +122,8 @@ def message_html(msg: dict, avatars: dict, *, last: bool = False, streaming: boo
         tools = '<div class="ch-tools">' + "".join(parts) + "</div>"
     raw = f'<textarea class="ch-raw" hidden>{esc(msg.get("content", ""))}</textarea>' if tools else ""
     warn = f'<div class="ch-warn">{esc(meta["warning"])}</div>' if meta.get("warning") else ""
+    if meta.get("thinking"):  # a reasoning model's thought (core.thinking): kept, shown collapsed
+        warn += f'<details class="ch-thinking"><summary>Thinking</summary><pre>{esc(meta["thinking"])}</pre></details>'
     return (
         f'<div class="ch-msg ch-{role}{" ch-streaming" if streaming else ""}" data-mid="{esc(mid)}" '
         f'data-persona="{esc(msg.get("persona_id") or "")}">'

@@ -1,6 +1,6 @@
-"""The status line: model, quantization, device, memory, resident adapters, this session's
-last persona switch (with the engine's adapter swap time), the last generation speed; or
-the loading progress while the model loads in the background."""
+"""The status line: model, its family, quantization, device, memory, resident adapters, this
+session's last persona switch (with the engine's adapter swap time), the last generation
+speed; or the loading progress while the model loads or switches in the background."""
 
 from __future__ import annotations
 
@@ -51,15 +51,17 @@ def status_html(runtime, persona_names: dict[str, str] | None = None, user_switc
     if not runtime.ready:
         last = runtime.progress[-1] if runtime.progress else "starting"
         waited = int(time.time() - runtime.started)
+        what = f"Switching the model to {esc(runtime.switching)}" if runtime.switching else "Loading the model"
         return (
             f'<div class="ch-status ch-status-loading"><span class="ch-spinner"></span>'
-            f"Loading the model in the background ({waited} s): {esc(last)} "
-            "You can browse, edit personas and read conversations meanwhile.</div>"
+            f"{what} in the background ({waited} s): {esc(last)} "
+            "Chat waits for it; you can browse, edit personas and read conversations meanwhile.</div>"
         )
     info = runtime.chat.engine.status()
     resident = [names.get(pid, pid) for pid in info.get("resident_adapters") or []]
     parts = [
         f"<b>{esc(info.get('name'))}</b>",
+        f"family {esc(info.get('model_type'))}",
         esc(info.get("quantization")),
         esc(info.get("device")),
         f"{esc(info.get('footprint_mb'))} MB",
@@ -70,9 +72,11 @@ def status_html(runtime, persona_names: dict[str, str] | None = None, user_switc
     if gen.get("tok_s"):
         parts.append(f"{esc(gen['tok_s'])} tok/s")
     fast = info.get("fast_paths") or {}
-    if fast and not fast.get("ok", True):  # the engine's self-check turned a kernel off
+    if fast and (not fast.get("ok", True) or fast.get("declined")):  # a kernel off, or one this family does not take
         parts.append(f"fast paths: {esc(fast.get('summary'))}")
     parts.extend(training_text(runtime.store))
+    if runtime.switch_error:
+        parts.append(f'<span class="ch-status-err">{esc(runtime.switch_error)}</span>')
     return '<div class="ch-status ch-status-ok">' + " · ".join(parts) + "</div>"
 
 

@@ -1,5 +1,6 @@
 """HTML for the Train tab: the run's progress bar, its evaluation (perplexity before and
-after, sample replies side by side) and the list of past runs. Speaker names, persona
+after, the voice match with its intervals, the step kept, sample replies side by side),
+the blind "Which sounds like them?" comparison and the list of past runs. Speaker names, persona
 names, sample replies and errors come from chat exports and training, so every one of
 them goes through `esc`."""
 
@@ -74,6 +75,7 @@ def progress_html(st: dict | None) -> str:
     error = f'<div class="tr-error">{esc(st["error"])}</div>' if st.get("error") and state in ("failed",) else ""
     if state == "cancelled":
         error = '<div class="tr-note">No adapter was written. Resume continues from the last checkpoint.</div>'
+    error += "".join(f'<div class="tr-warn">{esc(w)}</div>' for w in st.get("warnings") or [])
     return (
         f'<div class="tr-run tr-{esc(state)}" data-state="{esc(state)}">'
         f'<div class="tr-head"><b>{who(st)}</b> <span class="tr-state">{esc(label)}</span></div>'
@@ -109,6 +111,11 @@ def evaluation_html(st: dict | None) -> str:
     if after and before.get("perplexity"):
         head += (f'<p class="tr-verdict">Perplexity {_num(before["perplexity"], 1)} → {_num(after["perplexity"], 1)} '
                  f"({before['perplexity'] / max(after['perplexity'], 1e-9):.1f}× better).</p>")
+    kept, steps = ev.get("kept_step"), st.get("step")
+    if kept is not None and steps and kept != steps:
+        head += (f'<p class="tr-kept">Kept step {esc(kept)} of {esc(steps)}: its held-out loss was the lowest; '
+                 "later steps overfit, so their weights were not published.</p>")
+    head += voice_html(ev.get("voice"))
     samples = ev.get("samples") or []
     if samples:
         cells = "".join(
@@ -123,6 +130,55 @@ def evaluation_html(st: dict | None) -> str:
         )
         head += f'<h4>Sample replies (same seed)</h4><div class="tr-samples">{cells}</div>'
     return head + "</div>"
+
+
+def _pct(value) -> str:
+    return "?" if value is None else f"{value:.0%}"
+
+
+def voice_html(voice: dict | None) -> str:
+    """The voice match: the share of held-out replies an authorship classifier attributes
+    to the speaker, for the base + card, the adapter and the real replies, with 95% ranges;
+    the features that moved most; or why it was not judged."""
+    if not voice:
+        return ""
+    if not voice.get("judged"):
+        return f'<div class="tr-voice" data-judged="false"><h4>Voice match</h4><p class="tr-sub">{esc(voice.get("reason"))}</p></div>'
+    rows = ""
+    for key, label in (("base", "Base model + card"), ("adapter", "With the adapter"), ("real", "Their real replies")):
+        lo, hi = voice.get(f"voice_match_{key}_ci") or (None, None)
+        rows += (f'<tr data-voice="{key}"><td>{label}</td><td>{_pct(voice.get(f"voice_match_{key}"))}</td>'
+                 f"<td>{_pct(lo)} to {_pct(hi)}</td></tr>")
+    moved = "".join(f"<li>{esc(f.get('text'))}</li>" for f in (voice.get("features") or [])[:5])
+    return (
+        '<div class="tr-voice" data-judged="true"><h4>Voice match</h4>'
+        f'<p class="tr-sub">Share of {esc(voice.get("k"))} held-out replies that a classifier fitted on the training '
+        "part of the chat attributes to them (higher is more like them).</p>"
+        f'<table class="tr-table"><tr><th></th><th>voice match</th><th>95% range</th></tr>{rows}</table>'
+        f'<p class="tr-verdict">{esc(voice.get("summary"))}</p>'
+        + (f'<p class="tr-sub">What moved towards their real messages:</p><ul class="tr-moved">{moved}</ul>' if moved else "")
+        + f'<p class="tr-sub">{esc(voice.get("caveat") or "")}</p></div>'
+    )
+
+
+def blind_html(blind: dict | None) -> str:
+    """The blind comparison: the pair to judge (replies in the shown order, unlabelled),
+    or the result once all are judged. Empty when there is nothing to compare."""
+    if not blind or not blind.get("total"):
+        return ""
+    head = ('<div class="tr-blind"><h4>Which sounds like them?</h4><p class="tr-sub">Two replies to a held-out message: '
+            "one from the model with the card alone, one with the trained adapter, in random order. Pick the one that "
+            "sounds like them, or neither.</p>")
+    if blind.get("finished"):
+        return head + f'<p class="tr-verdict tr-blind-result">{esc(blind["summary"])}</p></div>'
+    cur = blind["current"]
+    return (
+        head + f'<div class="tr-facts">Pair {blind["done"] + 1} of {blind["total"]}</div>'
+        f'<div class="tr-sample" data-pair="{esc(cur["pair"])}"><div class="tr-prompt"><span>Held-out message</span>'
+        f'{esc(cur["prompt"])}</div><div class="tr-cols tr-two">'
+        f'<div class="tr-reply-a"><span>Reply A</span>{esc(cur["a"])}</div>'
+        f'<div class="tr-reply-b"><span>Reply B</span>{esc(cur["b"])}</div></div></div></div>'
+    )
 
 
 def runs_html(runs: list[dict]) -> str:

@@ -1,6 +1,8 @@
 """The Train tab: upload a chat export, pick whose voice to learn, train a persona, and
 watch the run (progress bar with ETA, live loss plot, cancel / resume, the held-out
-evaluation, a button to chat with the result, the list of past runs).
+evaluation and voice match, a button to chat with the result, the list of past runs),
+then judge the result blind ("Which sounds like them?": two replies, A and B, and
+"Neither"; the picks are stored with the run).
 
 Training itself runs in a worker process (`core.training`); this view only starts it and
 reads its progress from the store on a timer, so closing the page never stops a run.
@@ -22,18 +24,18 @@ from core.training.service import inspect_export
 from storage.training_runs import ACTIVE
 from ui import notify
 from ui.cards_view import NEW  # the same "a new persona" choice as the persona editor's
-from ui.training_render import (LOADING_NOTE, evaluation_html, export_summary, progress_html, run_choice, runs_html,
-                                waiting_html)
+from ui.training_render import (LOADING_NOTE, blind_html, evaluation_html, export_summary, progress_html, run_choice,
+                                runs_html, waiting_html)
 
 POLL_S = 2.0
-AUTO_FIELDS = ("max_steps", "max_seq_len")  # 0 in the form means "choose from the data"
+AUTO_FIELDS = ("max_steps", "max_seq_len", "learning_rate")  # 0 in the form: chosen from the data or the model's size
 
 LABELS = {
     "max_steps": "Steps (0 = choose from the data)",
     "epochs": "Epochs (when steps are chosen from the data)",
     "rank": "LoRA rank",
     "alpha": "LoRA alpha",
-    "learning_rate": "Learning rate",
+    "learning_rate": "Learning rate (0 = by the model's size)",
     "batch_size": "Batch size",
     "max_seq_len": "Sequence length in tokens (0 = choose from the data)",
     "dropout": "LoRA dropout",
@@ -43,6 +45,10 @@ LABELS = {
 }
 
 
+# Fields typed float (also when their default is None, "automatic"): the form keeps their decimals.
+FLOAT_FIELDS = {f.name for f in fields(TrainConfig) if "float" in str(f.type)}
+
+
 def _defaults() -> dict:
     base = TrainConfig()
     return {f.name: getattr(base, f.name) for f in fields(TrainConfig) if f.name in ADVANCED}
@@ -50,7 +56,8 @@ def _defaults() -> dict:
 
 def new_state() -> dict:
     """Per browser tab: the run shown, and what was last sent to the page (to skip redraws)."""
-    return {"run": None, "waiting": None, "plot": None, "eval": None, "runs": None, "run_state": None}
+    return {"run": None, "waiting": None, "plot": None, "eval": None, "runs": None, "run_state": None,
+            "blind": None, "blind_pair": None}
 
 
 class TrainingView:
@@ -109,6 +116,9 @@ class TrainingView:
             if config.get(key) is not None:
                 config[key] = int(config[key])
         persona_id = None if target in (None, NEW) else target
+        thin = next((s.get("thin") for s in info.get("speakers", []) if s["name"] == speaker), None)
+        if thin:  # before the run starts; the run's progress keeps saying it
+            notify.warning(thin)
         card = {"name": (name or speaker).strip(), "greeting": (greeting or "").strip()}
         try:
             started = self.runtime.start_training(export_path=info["path"], speaker=speaker, persona_name=card["name"],
@@ -188,6 +198,7 @@ class TrainingView:
         elif svc is None:
             progress = LOADING_NOTE
         waits = bool(waiting) and not (waiting["error"] or waiting["cancelled"])
+        blind, blind_buttons = self._blind_out(tstate, svc, st)
         return (
             tstate,
             progress,
@@ -199,7 +210,37 @@ class TrainingView:
             runs_out,
             pick,
             picker,
+            blind,
+            blind_buttons,
         )
+
+    def _blind_out(self, tstate: dict, svc, st: dict | None, blind: dict | None = None):
+        """The blind panel and its buttons' visibility; remembers the pair shown, so that a
+        click always judges the pair the user read."""
+        if blind is None and svc is not None and st and st["state"] == "finished":
+            try:
+                blind = svc.blind(st["id"])
+            except ChorusError:
+                blind = None
+        html = blind_html(blind)
+        current = (blind or {}).get("current")
+        tstate["blind_pair"] = current["pair"] if current else None
+        out = gr.skip() if html == tstate.get("blind") else html
+        tstate["blind"] = html
+        return out, gr.update(visible=bool(current))
+
+    def blind_pick(self, side: str, tstate):
+        """A click on Reply A, Reply B or Neither."""
+        tstate = dict(tstate or new_state())
+        svc = self._service()
+        if svc is None or tstate.get("run") is None or tstate.get("blind_pair") is None:
+            raise notify.error("There is no pair to judge.")
+        try:
+            blind = svc.blind_pick(tstate["run"], tstate["blind_pair"], side)
+        except ChorusError as exc:
+            raise notify.error(str(exc)) from None
+        html, buttons = self._blind_out(tstate, svc, None, blind)
+        return tstate, html, buttons
 
     def cancel(self, tstate):
         if (tstate or {}).get("waiting"):
@@ -266,7 +307,7 @@ class TrainingView:
                             comp = gr.Checkbox(value=value, label=LABELS[key], elem_id=f"tr-{key}")
                         else:
                             comp = gr.Number(value=value if value is not None else 0, label=LABELS[key],
-                                             elem_id=f"tr-{key}", precision=None if isinstance(value, float) else 0)
+                                             elem_id=f"tr-{key}", precision=None if key in FLOAT_FIELDS else 0)
                         c.advanced.append(comp)
                 c.train = gr.Button("Train", variant="primary", elem_id="tr-train")
             with gr.Column(scale=3, elem_id="tr-monitor"):
@@ -281,6 +322,11 @@ class TrainingView:
                                      title="Loss (training and held-out)", height=260, elem_id="tr-plot",
                                      color_map={"training": "#6366f1", "held-out": "#f59e0b"})
                 c.evaluation = gr.HTML(elem_id="tr-eval")
+                c.blind = gr.HTML(elem_id="tr-blind")
+                with gr.Row(visible=False, elem_id="tr-blind-buttons") as c.blind_buttons:
+                    c.blind_a = gr.Button("Reply A", size="sm", elem_id="tr-blind-a")
+                    c.blind_b = gr.Button("Reply B", size="sm", elem_id="tr-blind-b")
+                    c.blind_neither = gr.Button("Neither", size="sm", elem_id="tr-blind-neither")
                 gr.Markdown("**Past runs**")
                 c.pick = gr.Dropdown(label="Show run", choices=[], elem_id="tr-pick")
                 c.runs = gr.HTML(elem_id="tr-runs")
@@ -288,7 +334,8 @@ class TrainingView:
         return c
 
     def wire(self, c, state, tabs, chat, convlist):
-        view = [c.tstate, c.progress, c.plot, c.evaluation, c.cancel, c.resume, c.chat, c.runs, c.pick, chat.picker_html]
+        view = [c.tstate, c.progress, c.plot, c.evaluation, c.cancel, c.resume, c.chat, c.runs, c.pick, chat.picker_html,
+                c.blind, c.blind_buttons]
         c.export.upload(self.inspect, [c.export], [c.info, c.summary, c.speaker, c.name, c.greeting])
         c.export.clear(lambda: ({}, "", gr.update(choices=[], value=None), "", ""), None,
                        [c.info, c.summary, c.speaker, c.name, c.greeting])
@@ -302,8 +349,12 @@ class TrainingView:
         c.pick.input(self.show, [c.pick, c.tstate], [c.tstate]).then(self.refresh, [c.tstate, state], view,
                                                                      show_progress="hidden")
         c.chat.click(self.chat_with, [c.tstate, state], [state, tabs, chat.transcript, chat.picker_html, chat.active, convlist])
+        for button, side in ((c.blind_a, "a"), (c.blind_b, "b"), (c.blind_neither, "neither")):
+            # one queue with the timer's refresh: both write tstate's "pair shown"
+            button.click(lambda t, side=side: self.blind_pick(side, t), [c.tstate], [c.tstate, c.blind, c.blind_buttons],
+                         show_progress="hidden", concurrency_id="tr-view")
         # queued (unlike the status line's timer) so that the "trained and ready" toast reaches the page
-        c.timer.tick(self.refresh, [c.tstate, state], view, show_progress="hidden")
+        c.timer.tick(self.refresh, [c.tstate, state], view, show_progress="hidden", concurrency_id="tr-view")
         return view
 
 

@@ -115,6 +115,8 @@ def _config(args) -> dict:
     for key in ("learning_rate", "batch_size", "max_seq_len"):
         if getattr(args, key, None):
             config[key] = getattr(args, key)
+    if getattr(args, "keep", None):
+        config["keep_labels"] = list(config.get("keep_labels", [])) + list(args.keep)
     return config
 
 
@@ -160,6 +162,8 @@ def start_run(store, args, as_json: bool) -> int:
         hint = f" Follow it with `app.py train --attach {busy}` or stop it with `app.py train --cancel {busy}`." if busy else ""
         raise ChorusError(f"{exc}{hint}") from None
     target = f"the existing persona '{persona_id}' (a new adapter version)" if persona_id else f"a new persona '{args.persona}'"
+    for warning in svc.status(run_id, history=False)["warnings"]:
+        _err(f"warning: {warning}")
     _err(f"Training {args.speaker}'s voice into {target}; run {run_id}. Ctrl-C cancels.")
     _err("(You confirm that you may use this person's messages for training.)")
     return follow(svc, run_id, as_json, cancel_on_interrupt=True)
@@ -250,19 +254,40 @@ def print_result(store, st: dict, as_json: bool) -> None:
         "train_examples": (st["plan"] or {}).get("train_examples"),
         "heldout_examples": ev["after"]["examples"],
         "seconds": _seconds(st),  # from the run's creation to its end, pauses included
+        "train_seconds": (st["result"] or {}).get("train_seconds"),  # the training steps alone
+        # the step whose weights were published: the best held-out loss, not always the last step
+        "kept_step": ev.get("kept_step", st["step"]),
+        **_voice_keys(ev.get("voice") or {}),
         "samples": ev.get("samples", []),
     }
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
         return
     took = f" in {result['seconds']:.0f} s" if result["seconds"] is not None else ""
+    kept = "" if result["kept_step"] == result["steps"] else (
+        f"\nKept step {result['kept_step']} of {result['steps']}: its held-out loss was the lowest (later steps overfit).")
     print(
         f"Done{took}: held-out loss {result['eval_loss_before']:.3f} -> {result['eval_loss_after']:.3f} "
-        f"(perplexity {result['perplexity_before']:.1f} -> {result['perplexity_after']:.1f}).\n"
+        f"(perplexity {result['perplexity_before']:.1f} -> {result['perplexity_after']:.1f}).{kept}\n"
+        f"{(ev.get('voice') or {}).get('summary') or 'Voice match: not measured.'}\n"
         f"Persona '{result['persona_id']}' now uses adapter v{result['adapter_version']} ({result['adapter_dir']})."
     )
     for s in result["samples"]:
         print(f"\n  > {s['prompt']}\n    real:    {s['real']}\n    base:    {s['base']}\n    adapter: {s['adapter']}")
+
+
+def _voice_keys(voice: dict) -> dict:
+    """The voice match for --json: the three shares with their 95% intervals, or nulls and
+    the reason when the run could not judge it (core/training/voice.py)."""
+    out = {}
+    for name in ("base", "adapter", "real"):
+        out[f"voice_match_{name}"] = voice.get(f"voice_match_{name}")
+        out[f"voice_match_{name}_ci"] = voice.get(f"voice_match_{name}_ci")
+    out["voice_match_k"] = voice.get("k") or 0
+    # what the measure added to the run: generating the replies, fitting and scoring
+    out["voice_match_seconds"] = round(sum((voice.get("seconds") or {}).values()), 1) if voice.get("judged") else None
+    out["voice_match_reason"] = None if voice.get("judged") else (voice.get("reason") or "not measured")
+    return out
 
 
 # listing and cancelling -------------------------------------------------------------------

@@ -3,8 +3,12 @@
 An example `{"messages": [{"role": "user"|"assistant", "content"}...]}` is rendered with
 the model's own chat template behind the persona card's system prompt (the same
 `system_prompt(persona)` the chat service uses), so the adapter learns in the format it
-is served in. Labels are -100 everywhere except the assistant turns' content and their
-end-of-turn token: the loss is on the chosen speaker's words only. An example too long
+is served in: rendering goes through core.chat_template, as the chat prompt's does (the
+card at the head of the first user turn where the template has no system role, merged
+turns where it demands alternation, thinking off where it has the switch), so the tokens
+before each reply are the prompt the chat service would send for the same turns. Labels
+are -100 everywhere except the assistant turns' content and their end-of-turn token: the
+loss is on the chosen speaker's words only. An example too long
 for `max_len` loses whole turns, oldest first (as the chat prompt does), down to the last
 reply alone; the system prompt and the template's header are never cut, and neither is
 the start of the last reply: a reply too long on its own loses its end.
@@ -14,18 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.prompting import _merge_for_strict_template
+from core.chat_template import render as _render
 
 IGNORE = -100
-
-
-def _render(tokenizer, messages: list[dict], *, generation_prompt: bool) -> str:
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    except Exception:  # templates that refuse a system role or a leading assistant turn
-        return tokenizer.apply_chat_template(
-            _merge_for_strict_template(messages), tokenize=False, add_generation_prompt=generation_prompt
-        )
 
 
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -68,13 +63,27 @@ def encode(tokenizer, system: str, messages: list[dict]) -> dict:
     text, spans = assistant_spans(tokenizer, full)
     labelled = [not m.get("seen") for m in messages if m["role"] == "assistant"]
     spans = [span for span, keep in zip(spans, labelled) if span is not None and keep]
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
+    ids, offsets = _tokenize(tokenizer, text, spans[-1][0] if spans else len(text))
     labels = [IGNORE] * len(ids)
-    for k, (a, b) in enumerate(enc["offset_mapping"]):
+    for k, (a, b) in enumerate(offsets):
         if b > a and any(s <= a and b <= e for s, e in spans):
             labels[k] = ids[k]
     return {"input_ids": ids, "labels": labels}
+
+
+def _tokenize(tokenizer, text: str, cut: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and character offsets of `text`, the part before `cut` (the last reply's start)
+    tokenized on its own: that is how the chat service tokenizes the prompt it asks that
+    reply with, and a whitespace run at the seam ("</think>\n\n" + reply) can tokenize
+    differently when the reply's first word follows it."""
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    for a, b in ((0, cut), (cut, len(text))):
+        if b > a:
+            enc = tokenizer(text[a:b], add_special_tokens=False, return_offsets_mapping=True)
+            ids += enc["input_ids"]
+            offsets += [(x + a, y + a) for x, y in enc["offset_mapping"]]
+    return ids, offsets
 
 
 def encode_fitting(tokenizer, system: str, messages: list[dict], max_len: int) -> dict | None:

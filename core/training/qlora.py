@@ -87,8 +87,48 @@ def load_for_training(source, device: str | None = None):
     return model, tokenizer, info
 
 
+def linear_names(model) -> list[str]:
+    """The names (last part) of the model's linear layers, its output head and any LoRA
+    matrices excepted: what "all linear layers" means for its family (Llama's q_proj ...
+    down_proj; Phi-3's fused qkv_proj and gate_up_proj). 4-bit layers are Linear too."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head or ".lora_" in name:
+            continue
+        parts = name.split(".")
+        if parts[-1] == "base_layer":  # a peft-wrapped layer: its own name is the wrapper's
+            parts.pop()
+        names.add(parts[-1])
+    return sorted(names)
+
+
+def lora_targets(model, wanted) -> list[str]:
+    """The module names to put LoRA on. The default (every linear layer, which TrainConfig
+    spells with Llama's names) or "all-linear" -> this model's own linear layers by their
+    short names (peft's "all-linear" would record every layer's full path in the adapter's
+    config); a list the user chose is kept if the model has every name in it, else refused
+    with the names it has."""
+    from core.training.config import ALL_LINEAR, TrainConfigInvalid
+
+    have = linear_names(model)
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    if sorted(wanted) in (sorted(ALL_LINEAR), ["all-linear"]):
+        return have
+    missing = [t for t in wanted if t not in have]
+    if missing:
+        raise TrainConfigInvalid(
+            f"target_modules: {type(model).__name__} has no linear layer named {', '.join(missing)}; "
+            f"its linear layers are {', '.join(have)} (leave the default to train them all)."
+        )
+    return wanted
+
+
 def add_lora(model, config, *, gradient_checkpointing: bool):
-    """Wrap `model` with fresh LoRA adapters per `config` (a TrainConfig); train mode."""
+    """Wrap `model` with fresh LoRA adapters per `config` (a TrainConfig); train mode. The
+    targets are the model's own module names (`lora_targets`)."""
     from peft import LoraConfig, get_peft_model
 
     if gradient_checkpointing:
@@ -98,7 +138,7 @@ def add_lora(model, config, *, gradient_checkpointing: bool):
         r=config.rank,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        target_modules=list(config.target_modules),
+        target_modules=lora_targets(model, config.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )

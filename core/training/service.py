@@ -5,6 +5,7 @@
     run_id = svc.start(export_path, speaker, persona_name="Mara", consent=True, config={...})
     svc.status(run_id)                              # poll: state, step/total, losses, ETA...
     svc.cancel(run_id); svc.resume(run_id); svc.runs()
+    svc.blind(run_id); svc.blind_pick(run_id, pair, "a")  # the blind comparison after a run
     svc.poll()                                      # call every few seconds from the app
 
 Training runs in a subprocess (core.training.worker); this object only writes the run
@@ -34,6 +35,10 @@ from storage.store import Store
 from storage.training_runs import ACTIVE, RunActive
 
 MAX_EXPORT_BYTES = 2 * 1024**3
+# Fewer of the speaker's messages than this (the issue's threshold): a few dozen training
+# examples, from which an adapter picks up topics more than a style; the user is told
+# before the run starts, and the run keeps the warning.
+THIN_VOICE = 200
 CARD_KEYS = ("name", "tagline", "description", "personality", "scenario", "greeting", "example_dialogue", "system_prompt")
 
 
@@ -61,6 +66,29 @@ class TrainingService:
 
     def inspect(self, export_path: Path, progress=None) -> dict:
         return inspect_export(export_path, progress)
+
+    # after a run: the blind comparison ----------------------------------------------
+
+    def blind(self, run_id: str) -> dict:
+        """The blind "which sounds like them?" comparison of a finished run (core/training/blind.py)."""
+        from core.training.blind import blind_state
+
+        row = self.store.training.get(run_id)
+        if row["status"] != "finished":
+            raise ChorusError("The blind comparison opens when the run has finished.")
+        return blind_state(run_id, row["evaluation"], self.store.voice_picks.of_run(run_id))
+
+    def blind_pick(self, run_id: str, pair: int, side: str) -> dict:
+        """Record the user's pick for `pair` ("a", "b" as shown, or "neither"); returns `blind`."""
+        from core.training.blind import SIDES, pick_for
+
+        state = self.blind(run_id)
+        if side not in SIDES:
+            raise ChorusError(f"Pick one of {', '.join(SIDES)}, not {side!r}.")
+        if not 0 <= int(pair) < state["total"]:
+            raise ChorusError(f"This run has no pair {pair} to compare.")
+        self.store.voice_picks.record(run_id, int(pair), pick_for(run_id, int(pair), side))
+        return self.blind(run_id)
 
     def start(
         self,
@@ -91,7 +119,7 @@ class TrainingService:
         if export_path.stat().st_size > MAX_EXPORT_BYTES:
             raise ChorusError("The export is larger than 2 GB; export a shorter period.")
         self._check_idle()
-        result = load_export(export_path)
+        result = load_export(export_path, keep=cfg.keep_labels)
         speaker = resolve_speaker(result, speaker)
         examples = build_examples(result, speaker, scrub=cfg.scrub, max_turns=cfg.max_turns, val_fraction=cfg.val_fraction)
         repeats = examples.report["held_out_honesty"]["validation_examples_removed"]
@@ -106,6 +134,7 @@ class TrainingService:
                 f"{speaker} has only {len(examples.train) + len(examples.validation)} replies to learn from in this export; "
                 f"training needs at least {MIN_EXAMPLES + 1}. Use a longer export."
             )
+        thin = thin_voice(speaker, result.speakers.get(speaker, 0))
         if persona_id:
             self.store.personas.get(persona_id)
             persona = {}
@@ -118,6 +147,7 @@ class TrainingService:
             "model": {"name": self.model.name, "path": str(self.model.path)},
             "export_file": "export" + "".join(export_path.suffixes[-2:])[:16],
             "stage": "queued",
+            "warnings": [thin] if thin else [],  # said before the run starts (page, CLI), kept with it
         }
         self._check_idle()  # again: loading the export took time
         try:
@@ -213,6 +243,8 @@ class TrainingService:
             "data": cfg.get("data"),
             "evaluation": row["evaluation"],
             "result": cfg.get("result"),
+            "kept_step": (cfg.get("result") or {}).get("kept_step"),
+            "warnings": list(cfg.get("warnings") or []),
             "error": row["error"],
             "adapter_id": row["adapter_id"],
             "resumable": row["status"] in ("failed", "cancelled"),
@@ -342,10 +374,19 @@ def inspect_export(export_path: Path, progress=None) -> dict:
         "messages": result.message_count,
         "notes": list(result.notes),
         "speakers": [
-            {"name": name, "messages": count, "card": {"name": name, "greeting": greetings.get(name, "")}}
+            {"name": name, "messages": count, "card": {"name": name, "greeting": greetings.get(name, "")},
+             "thin": thin_voice(name, count)}
             for name, count in result.speakers.items()
         ],
     }
+
+
+def thin_voice(speaker: str, messages: int) -> str | None:
+    """The warning for a speaker with few messages (None when there are enough)."""
+    if messages >= THIN_VOICE:
+        return None
+    return (f"{speaker} has only {messages} messages in this export (under {THIN_VOICE}): the voice may be thin; "
+            "the adapter may learn little beyond the card. A longer export gives a truer voice.")
 
 
 def _persona_name(store: Store, persona_id: str | None) -> str | None:

@@ -12,8 +12,9 @@ against everyone else's), whom K replies sound like:
 Voice match = the share of replies attributed to the speaker, with a 95% Wilson interval
 (K is small: about 24). Too little data gives `judged=False` and a reason instead of numbers.
 
-Wiring into a run is a few lines; the replies come from a callable so that the training
-worker can sample with its own trap-safe model (evaluate.sample_replies):
+The training worker wires it in (worker.py, stage "measuring the voice match"); the
+replies come from a callable so that it samples with its own trap-safe model
+(evaluate.sample_replies, batched):
 
     result = measure_voice(examples, partial(sample_replies, model, tokenizer, persona,
                                              seed=cfg.seed, max_new_tokens=cfg.sample_max_new_tokens))
@@ -135,8 +136,8 @@ def voice_prompts(validation: list[dict], k: int = DEFAULT_K) -> list[dict]:
 
 def replies_from(generate: Callable[[list[dict], bool, int], str], *, seed: int) -> Replies:
     """A `Replies` from an engine-like `generate(turns, adapter_on, seed) -> text`: for each
-    prompt, one base + card and one adapter reply with the same seed (seed + prompt index,
-    as evaluate.sample_replies does)."""
+    prompt, one base + card and one adapter reply with the same seed (seed + prompt index;
+    one prompt at a time, unlike the batched evaluate.sample_replies of a training run)."""
 
     def run(prompts: list[dict]) -> list[dict]:
         rows = []

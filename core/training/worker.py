@@ -11,7 +11,12 @@ the serving process only starts it and reads the store. Steps, in order:
 3. load the base in NF4, guarded against the CPU trap (qlora.py), add LoRA;
 4. held-out loss before (base + card; on resume, the one already measured);
 5. Trainer from the last complete checkpoint, if any (progress rows as it goes);
-6. held-out loss after, same-seed samples base vs adapter;
+6. the best step kept: if an earlier held-out evaluation beat the last step (later steps
+   overfit), its LoRA weights replace the last ones (trainer.best_record); held-out loss
+   after, then the voice match (voice.py): K held-out contexts answered by base + card
+   and by the adapter in one batched, same-seed call, scored by an authorship classifier
+   fitted on the training split; those replies are also the samples shown and the pairs
+   of the blind comparison;
 7. the adapter folder (peft's two files, training_config.json, training_log.jsonl,
    evaluation.json, chorus_adapter.json) is written to a temp folder in the run folder,
    checked like any uploaded adapter, and registered with store.adapters.add_version in
@@ -35,6 +40,7 @@ import shutil
 import sys
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 from core.errors import ChorusError, ExportInvalid
@@ -134,7 +140,8 @@ def _pipeline(store: Store, run_id: str) -> str:
     from core.training.evaluate import heldout_loss, sample_prompts, sample_replies
     from core.training.qlora import add_lora, load_for_training
     from core.training.runner import fault_point, hold_point
-    from core.training.trainer import fit, latest_checkpoint
+    from core.training.trainer import fit, latest_checkpoint, restore_best
+    from core.training.voice import measure_voice
     from storage.adapter_files import META
 
     runs = store.training
@@ -160,7 +167,7 @@ def _pipeline(store: Store, run_id: str) -> str:
     base_shapes = module_shapes(model)
 
     _stage(store, run_id, "preparing the examples")
-    export = load_export(folder / spec["export_file"])
+    export = load_export(folder / spec["export_file"], keep=cfg.keep_labels)
     examples = build_examples(
         export,
         row["speaker"],
@@ -188,6 +195,8 @@ def _pipeline(store: Store, run_id: str) -> str:
 
     torch.manual_seed(cfg.seed)
     model = add_lora(model, cfg, gradient_checkpointing=p.gradient_checkpointing)
+    # What the adapter really targets (the model's own layer names: Phi-3's qkv_proj, ...), for its README and config.
+    cfg.target_modules = sorted(model.peft_config["default"].target_modules)
     pad = tokenizer.pad_token_id
     evaluation = runs.get(run_id)["evaluation"]
     if "before" not in evaluation:
@@ -224,11 +233,24 @@ def _pipeline(store: Store, run_id: str) -> str:
 
     _stage(store, run_id, "measuring the held-out loss after training")
     after = heldout_loss(model, held.items, pad, adapter=True, batch_size=p.micro_batch_size)
-    samples = []
-    if cfg.samples:
+    last = {"step": out["step"], "eval_loss": after["loss"]}
+    best = out.get("best")
+    kept = last
+    if best and best["step"] != out["step"] and after["loss"] is not None and best["eval_loss"] < after["loss"]:
+        # Later steps overfit: publish the best evaluated step, and measure what is published.
+        restore_best(model, folder)
+        after = heldout_loss(model, held.items, pad, adapter=True, batch_size=p.micro_batch_size)
+        kept = {"step": best["step"], "eval_loss": after["loss"]}
+    reply = partial(sample_replies, model, tokenizer, frozen, seed=cfg.seed, max_new_tokens=cfg.sample_max_new_tokens,
+                    budget=p.max_seq_len)  # contexts as long as the training examples
+    voice = None
+    if cfg.voice_k:
+        _stage(store, run_id, "measuring the voice match")
+        voice = measure_voice(examples, reply, k=cfg.voice_k)
+    samples = (voice.rows if voice else [])[: cfg.samples]
+    if cfg.samples and not samples:  # no voice measure (off, or too little data): a few samples still
         _stage(store, run_id, "writing sample replies")
-        prompts = sample_prompts(examples.validation, cfg.samples)
-        samples = sample_replies(model, tokenizer, frozen, prompts, seed=cfg.seed, max_new_tokens=cfg.sample_max_new_tokens)
+        samples = reply(sample_prompts(examples.validation, cfg.samples))
     evaluation = {
         "before": before,
         "after": after,
@@ -236,6 +258,9 @@ def _pipeline(store: Store, run_id: str) -> str:
         "samples": samples,
         "heldout": "the most recent examples of the export, never trained on",
         "heldout_honesty": examples.report["held_out_honesty"],  # duplicates and trained-on replies taken out
+        "kept_step": kept["step"],
+        "best": {"kept": kept, "last": last, "overfit": kept["step"] != last["step"]},
+        "voice": voice.as_dict() if voice else {"judged": False, "reason": "the voice measure is off (voice_k = 0)"},
     }
 
     _stage(store, run_id, "saving the adapter")
@@ -253,6 +278,7 @@ def _pipeline(store: Store, run_id: str) -> str:
         "system_prompt": system,
         "result": {
             **{k: out[k] for k in ("step", "train_loss", "resumed_from")},
+            "kept_step": kept["step"],
             "train_seconds": round(train_s, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         },
@@ -311,6 +337,8 @@ def tidy(folder: Path) -> None:
     """Remove what a finished run no longer needs: its checkpoints and the temp adapter."""
     shutil.rmtree(folder / "adapter.tmp", ignore_errors=True)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the adapter is the result now
+    shutil.rmtree(folder / "best", ignore_errors=True)
+    shutil.rmtree(folder / "best.tmp", ignore_errors=True)
 
 
 def _registered_for(store: Store, row: dict) -> dict | None:
@@ -361,10 +389,12 @@ def _readme(persona, row, info, cfg, p, out, evaluation) -> str:
         f"# {persona.get('name') or row['speaker']}: a Chorus persona adapter\n\n"
         f"LoRA (r={cfg.rank}, alpha={cfg.alpha:g}, {', '.join(cfg.target_modules)}) for {info.name} "
         f"(fingerprint {info.fingerprint}), trained by Chorus on the replies of '{row['speaker']}' in "
-        f"'{row['export_name']}': {out['step']} steps of {p.batch_size} examples, learning rate {cfg.learning_rate:g}.\n\n"
+        f"'{row['export_name']}': {out['step']} steps of {p.batch_size} examples, learning rate {p.learning_rate:g}"
+        + (f"; these are the weights of step {evaluation['kept_step']}, whose held-out loss was the lowest (later steps overfit)"
+           if evaluation["kept_step"] != out["step"] else "") + ".\n\n"
         f"Held-out loss of the speaker's replies (the most recent {a['examples']} examples, never trained on): "
         f"{b['loss']} (perplexity {b['perplexity']}) with the persona card alone, {a['loss']} (perplexity {a['perplexity']}) "
-        f"with this adapter.\n\nFiles: training_config.json (settings and data), training_log.jsonl (progress), "
+        f"with this adapter.\n\n{evaluation['voice'].get('summary') or ''}\n\nFiles: training_config.json (settings and data), training_log.jsonl (progress), "
         f"evaluation.json (losses and sample replies), chorus_adapter.json (base model).\n"
     )
 

@@ -8,7 +8,7 @@ from core.training.dataset import IGNORE, Collator, encode, encode_all, encode_f
 
 def test_defaults_are_valid_and_documented():
     cfg = TrainConfig()
-    assert (cfg.rank, cfg.alpha, cfg.dropout, cfg.batch_size) == (16, 32.0, 0.05, 8)
+    assert (cfg.rank, cfg.alpha, cfg.dropout, cfg.batch_size) == (16, 32.0, 0.0, 8)
     assert set(cfg.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert TrainConfig.from_dict(cfg.as_dict()) == cfg
 
@@ -45,7 +45,7 @@ def test_plan_scales_with_the_data():
     mid = plan(cfg, 180, 20, [150] * 180, "cpu")
     assert mid.steps == 2 * 23  # two epochs of ceil(180 / 8) steps
     big = plan(cfg, 50_000, 100, [150] * 10, "cuda")
-    assert big.steps == cfg.max_auto_steps and big.optimizer == "paged_adamw_8bit" and big.gradient_checkpointing
+    assert big.steps == big.step_cap == 150 and big.optimizer == "paged_adamw_8bit" and big.gradient_checkpointing
     fixed = plan(TrainConfig(max_steps=7, batch_size=4, micro_batch_size=2), 100, 10, [50], "cpu")
     assert (fixed.steps, fixed.grad_accum, fixed.warmup_steps) == (7, 2, 1)
     assert 1 <= mid.eval_every <= mid.steps and 5 <= mid.save_every <= 25

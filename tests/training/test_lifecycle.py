@@ -172,6 +172,7 @@ def test_keep_checkpoints_must_keep_the_previous_one():
     "measuring the held-out loss before training",
     "training",  # before the first step (within fit: test_pipeline's cancel test)
     "measuring the held-out loss after training",
+    "measuring the voice match",
     "saving the adapter",
     "publishing",  # the adapter is written in the run folder, about to be registered
 ])

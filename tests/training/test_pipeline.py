@@ -130,3 +130,7 @@ def test_cli_json(store, tiny_model_dir, capsys):
     assert result["steps"] == 3 and result["persona_id"] == "vicuna"
     assert json.loads((Path(result["adapter_dir"]) / "adapter_config.json").read_text())["r"] == 4
     assert result["eval_loss_before"] > 0 and result["eval_loss_after"] > 0
+    # two speakers: the voice is not judged, and the JSON says why instead of a number
+    assert result["voice_match_base"] is result["voice_match_adapter"] is result["voice_match_real"] is None
+    assert "other speaker" in result["voice_match_reason"]
+    assert result["kept_step"] <= result["steps"]

@@ -152,7 +152,7 @@ def test_plain_card_imports_while_the_model_loads_but_an_adapter_waits(chorus_ho
     from ui.session import Sessions, new_state
 
     store = Store(chorus_home)
-    runtime = SimpleNamespace(store=store, ready=False, error=None, progress=["Loading tiny (NF4)..."])
+    runtime = SimpleNamespace(store=store, ready=False, error=None, switching=None, progress=["Loading tiny (NF4)..."])
     view = CardsView(runtime, ChatView(runtime, Sessions()), choices=lambda: [])
     card = tmp_path / "plain.json"
     card.write_bytes(card_to_v2_json(Card(name="Plain", description="No adapter.")))

@@ -30,7 +30,7 @@ def test_names_are_escaped_in_messages_and_cards():
 def test_message_sent_while_loading_is_queued_then_handed_back_on_stop(chorus_home):
     store = Store(chorus_home)
     seed_starters(store)
-    runtime = SimpleNamespace(store=store, ready=False, error=None, progress=["Loading tiny (NF4)..."])
+    runtime = SimpleNamespace(store=store, ready=False, error=None, switching=None, progress=["Loading tiny (NF4)..."])
     sessions = Sessions()
     view = ChatView(runtime, sessions)
     request = SimpleNamespace(session_hash="tab-1")

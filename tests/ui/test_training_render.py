@@ -1,7 +1,7 @@
 """The Train tab's HTML: progress, evaluation and the runs list, from status dicts as
 `TrainingService.status` returns them. Text from exports and from the model is escaped."""
 
-from ui.training_render import duration, evaluation_html, export_summary, progress_html, runs_html
+from ui.training_render import blind_html, duration, evaluation_html, export_summary, progress_html, runs_html, voice_html
 from ui.training_view import loss_frame
 
 EVIL = '<img src=x onerror="alert(1)">'
@@ -78,3 +78,33 @@ def test_waiting_for_the_model_is_worded_for_the_train_tab():
     assert 'data-state="not-started"' in failed and "could not be loaded" in failed
     for text in (html, failed, LOADING_NOTE):  # about training, never about a message
         assert "message" not in text.lower()
+
+
+def test_voice_match_with_ranges_kept_step_and_warnings_are_shown_escaped():
+    voice = {"judged": True, "k": 24, "voice_match_base": 0.125, "voice_match_adapter": 0.5, "voice_match_real": 0.917,
+             "voice_match_base_ci": [0.04, 0.31], "voice_match_adapter_ci": [0.31, 0.69], "voice_match_real_ci": [0.74, 0.98],
+             "summary": "Voice match: adapter 50%.", "caveat": "Each share comes from only 24 replies",
+             "features": [{"text": f"uses '{EVIL}' 4x more"}]}
+    ev = {"before": {"loss": 3.8, "perplexity": 44.7, "examples": 12}, "after": {"loss": 2.1, "perplexity": 8.2, "examples": 12},
+          "voice": voice, "kept_step": 12}
+    html = evaluation_html(status(state="finished", step=20, evaluation=ev))
+    assert "Kept step 12 of 20" in html
+    assert 'data-voice="adapter"><td>With the adapter</td><td>50%</td><td>31% to 69%</td>' in html
+    assert "92%" in html and "12%" in html and "only 24 replies" in html
+    assert "<img" not in html and "&lt;img" in html
+    assert "Kept step" not in evaluation_html(status(state="finished", step=12, evaluation=ev))
+    reason = voice_html({"judged": False, "reason": f"not enough data to judge the voice {EVIL}"})
+    assert 'data-judged="false"' in reason and "not enough data" in reason and "<img" not in reason
+    thin = progress_html(status(warnings=[f"{EVIL} has only 60 messages: the voice may be thin"]))
+    assert "tr-warn" in thin and "voice may be thin" in thin and "<img" not in thin
+
+
+def test_blind_panel_shows_two_unlabelled_replies_then_the_result():
+    cur = {"pair": 2, "prompt": EVIL, "a": "arr", "b": f"hi {EVIL}"}
+    html = blind_html({"total": 10, "done": 2, "current": cur, "finished": False, "summary": None})
+    assert "Pair 3 of 10" in html and "Reply A" in html and "Reply B" in html
+    assert "adapter" not in html.split("</p>", 1)[1]  # which side is which is never on the page
+    assert "<img" not in html
+    done = blind_html({"total": 10, "done": 10, "current": None, "finished": True, "summary": "You picked the adapter's reply in 7 of 10"})
+    assert "tr-blind-result" in done and "7 of 10" in done
+    assert blind_html({"total": 0}) == "" and blind_html(None) == ""
