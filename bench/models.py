@@ -13,7 +13,7 @@ import contextlib
 import time
 
 from core.device import on_model
-from core.engine import DecodeThreads, _dense_head_input
+from core.model_hooks import DecodeThreads, _dense_head_input
 
 
 class Bare:

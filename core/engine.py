@@ -35,7 +35,7 @@ from core.adapters import AdapterSpec, DigestCache, check_compatible, inspect_ad
 from core.device import model_device, on_model
 from core.errors import AdapterCorrupt, ChorusError
 from core.loader import ModelInfo, load_base
-from core.model_hooks import DecodeThreads, _dense_head_input, default_threads  # noqa: F401 (bench and tests import them here)
+from core.model_hooks import DecodeThreads, _dense_head_input, default_threads
 from core.model_source import ModelSource
 
 DEFAULT_CONTEXT_LIMIT = 4096

@@ -28,7 +28,7 @@ from core.engine import Engine
 from core.errors import ChorusError
 from core.logs import quiet_libraries
 from core.model_catalog import remember_model, same_model
-from core.model_source import ModelSource, resolve_model
+from core.model_source import resolve_model
 from core.starter import seed_starters
 from core.training.config import TrainConfig
 from core.training.service import TrainingBusy, TrainingService
@@ -115,8 +115,7 @@ class Runtime:
                 training.mark_seen()  # adapters of runs finished before this start are loaded on demand
                 self._training = training
             else:  # the same service (it knows the workers it started); new runs train on the new model
-                self._training.engine = engine
-                self._training.model = ModelSource(engine.info.name, Path(engine.info.path))
+                self._training.serve_on(engine)
         self._note(f"Model ready: {engine.info.name}, {engine.info.quantization}, {engine.info.footprint_mb} MB.")
 
     # switching the model while the app runs ------------------------------------------------

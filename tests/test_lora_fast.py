@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.adapter_io import WeightsFile
-from core.engine import AdapterRef, DecodeThreads, GenerationSettings
+from core.engine import AdapterRef, GenerationSettings
+from core.model_hooks import DecodeThreads
 from core.errors import AdapterCorrupt
 from core.lora_fast import exact_fold, self_check
 from tests.rounding import assert_within_bf16_rounding
@@ -255,7 +256,7 @@ def test_creating_and_refilling_slots_leaves_the_packed_base_weights_alone(tiny_
 
 
 def test_the_head_gets_a_densely_laid_out_input_with_the_same_logits():
-    from core.engine import _dense_head_input
+    from core.model_hooks import _dense_head_input
 
     head = torch.nn.Linear(64, 300, bias=False).bfloat16()
     hidden = torch.randn(2, 9, 64).bfloat16()

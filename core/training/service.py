@@ -62,6 +62,12 @@ class TrainingService:
         self._loaded: set[str] = set()  # finished runs whose adapter this process has hot-loaded
         self._lock = threading.Lock()
 
+    def serve_on(self, engine) -> None:
+        """Hot-load into `engine` from now on, and train new runs on its model (a model
+        switch); runs already going keep theirs, and this service keeps its workers."""
+        self.engine = engine
+        self.model = ModelSource(engine.info.name, Path(engine.info.path))
+
     # before a run ------------------------------------------------------------
 
     def inspect(self, export_path: Path, progress=None) -> dict:
