@@ -1,6 +1,6 @@
 """The models bench/run.py sets beside the Chorus engine: a bare NF4 base with no LoRA
 wrappers at all, and stock peft. Each is its own NF4 copy loaded by core.loader (so all
-decode with the attention of core/attention.py) and gets the model hooks Chorus's engine
+decode with the attention of core/engine/attention.py) and gets the model hooks Chorus's engine
 gives its model: the CPU-thread policy (`DecodeThreads`) and the dense head input
 (`_dense_head_input`, a forward pre-hook on lm_head); and the attention the engine ended up
 with (its start-up self-check may fall back to transformers' sdpa). The head hook can be switched off
@@ -13,7 +13,7 @@ import contextlib
 import time
 
 from core.device import on_model
-from core.model_hooks import DecodeThreads, _dense_head_input
+from core.engine.model_hooks import DecodeThreads, _dense_head_input
 
 
 class Bare:

@@ -4,7 +4,7 @@
 
 Prints one JSON object (docs/performance.md says what each key means; its `notes` say what
 the labelled variants are). Three NF4 copies of the same model, each loaded by core.loader
-(so all decode with the attention of core/attention.py) and each with the engine's model
+(so all decode with the attention of core/engine/attention.py) and each with the engine's model
 hooks (CPU-thread policy, dense head input): the Chorus engine; stock peft with the same
 rank-16 adapters on all linear layers; and a bare base with no LoRA wrappers at all.
 `*_peft` keys are stock peft with those hooks (like for like); `*_peft_nohook` keys are
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.measure import cached_fraction, drop_from_page_cache, med, mem_bytes, pct, step_ms  # noqa: E402
 from bench.models import Bare, Stock  # noqa: E402
-from core import attention  # noqa: E402
+from core.engine import attention  # noqa: E402
 from core.engine import AdapterRef, Engine, GenerationSettings  # noqa: E402
 from core.logs import quiet_libraries  # noqa: E402
 from core.model_source import resolve_model  # noqa: E402
@@ -352,7 +352,7 @@ def measure(args, source, work: Path, log) -> dict:
         for _ in stream:
             pass
 
-    # The decode attention (core/attention.py) against transformers' sdpa on the same model:
+    # The decode attention (core/engine/attention.py) against transformers' sdpa on the same model:
     # one-token steps after the short prompt and after 512 tokens of context, interleaved.
     attn_steps = {}
     compare_attention = engine.model.config._attn_implementation == attention.NAME  # not on CUDA

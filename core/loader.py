@@ -128,7 +128,7 @@ def load_base(source: ModelSource, *, quantize: bool = True, device: str | None 
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"Could not load the model '{source.name}' from {source.path}: {exc}") from None
     model.eval()
-    from core import attention
+    from core.engine import attention
 
     attention.use(model)  # one-token steps on the CPU: fp32 matmuls instead of the flash kernel
     if tokenizer.pad_token_id is None:

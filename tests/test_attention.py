@@ -1,4 +1,4 @@
-"""The decode attention (core/attention.py): as accurate as torch's flash kernel; a padded
+"""The decode attention (core/engine/attention.py): as accurate as torch's flash kernel; a padded
 row bitwise what it gives alone (the same calls on the same shapes), an unpadded one within
 bf16 rounding of it (a batched matmul is another kernel shape); its self-check; and prompts
 left to transformers' sdpa."""
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import attention
+from core.engine import attention
 from core.model_source import ModelSource
 
 PROMPT = [1, 504, 3821, 28, 634, 359, 346, 47, 2]

@@ -23,7 +23,7 @@ def test_the_fast_paths_pass_the_self_check_here_in_a_few_ms(tiny_engine):
 
 
 def test_a_one_token_kernel_that_disagrees_sends_decode_steps_through_f_linear(tiny_engine_factory, tiny_adapters, monkeypatch):
-    import core.lora_fast as lora_fast
+    import core.engine.lora_fast as lora_fast
 
     good = tiny_engine_factory()
     expected = {n: good.generate(PROMPT, AdapterRef(n, tiny_adapters[n]), greedy()) for n in ("a", "b")}
@@ -45,7 +45,7 @@ def test_a_one_token_kernel_that_disagrees_sends_decode_steps_through_f_linear(t
 
 
 def test_a_decode_attention_that_disagrees_gives_way_to_sdpa(tiny_engine_factory, monkeypatch):
-    from core import attention
+    from core.engine import attention
 
     real = attention._rows
     monkeypatch.setattr(attention, "_rows", lambda q, k, v, s: real(q, k, v, s) * 1.1)

@@ -73,7 +73,7 @@ def test_pinned_slots_are_never_evicted_and_a_full_pool_says_so(tiny_engine_fact
 
 
 def test_a_failure_after_placement_leaves_no_busy_slot_behind(tiny_engine_factory, tiny_adapters, monkeypatch):
-    import core.engine as engine_module
+    import core.engine.local as engine_module
 
     expected = tiny_engine_factory(max_resident=1).generate(PROMPT, AdapterRef("b", tiny_adapters["b"]), greedy())
     engine = tiny_engine_factory(max_resident=1)

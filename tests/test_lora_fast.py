@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.adapter_io import WeightsFile
+from core.engine.adapter_io import WeightsFile
 from core.engine import AdapterRef, GenerationSettings
-from core.model_hooks import DecodeThreads
+from core.engine.model_hooks import DecodeThreads
 from core.errors import AdapterCorrupt
-from core.lora_fast import exact_fold, self_check
+from core.engine.lora_fast import exact_fold, self_check
 from tests.rounding import assert_within_bf16_rounding
 
 PROMPT = [1, 504, 3821, 28, 634, 359, 346, 47, 2]
@@ -115,7 +115,7 @@ def test_matrix_vector_products_agree_with_linear_within_bf16_rounding(shape):
 
 
 def test_the_self_check_bound_catches_a_kernel_that_is_off():
-    import core.lora_fast as lora_fast
+    import core.engine.lora_fast as lora_fast
 
     real = lora_fast._mv
     lora_fast._mv = lambda w, x, out=None: real(w, x, out=out).mul_(1.02)  # 2% off: a broken kernel
@@ -139,7 +139,7 @@ def test_rows_match_peft_mixed_batches_within_bf16_rounding(tiny_engine, tiny_mo
 
 
 def test_a_group_mixes_layouts_and_matches_each_persona_alone(tiny_engine, tiny_model_dir, tiny_adapters, tmp_path, monkeypatch):
-    from core.lora_fast import FastLora
+    from core.engine.lora_fast import FastLora
     from core.synthetic import make_random_adapter
 
     qv = make_random_adapter(tiny_model_dir, tmp_path / "qv", seed=5, rank=2, targets=["q_proj", "v_proj"])
@@ -155,7 +155,7 @@ def test_a_group_mixes_layouts_and_matches_each_persona_alone(tiny_engine, tiny_
 
 
 def test_a_reload_reads_straight_into_the_slot_and_gives_the_same_tokens(tiny_engine_factory, tiny_adapters, monkeypatch):
-    import core.engine as engine_module
+    import core.engine.local as engine_module
 
     engine = tiny_engine_factory(max_resident=1)
     first = {n: engine.generate(PROMPT, ref(n, tiny_adapters[n]), greedy()) for n in ("a", "b")}
@@ -256,7 +256,7 @@ def test_creating_and_refilling_slots_leaves_the_packed_base_weights_alone(tiny_
 
 
 def test_the_head_gets_a_densely_laid_out_input_with_the_same_logits():
-    from core.model_hooks import _dense_head_input
+    from core.engine.model_hooks import _dense_head_input
 
     head = torch.nn.Linear(64, 300, bias=False).bfloat16()
     hidden = torch.randn(2, 9, 64).bfloat16()

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from core import attention
+from core.engine import attention
 from core.engine import AdapterRef, GenerationSettings
 from core.errors import AdapterIncompatible
 from core.synthetic_families import FAMILIES, linear_names

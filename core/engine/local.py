@@ -8,12 +8,12 @@ complete, so no request ever runs on a half-loaded adapter. Generation, injectio
 eviction share one lock: a reply is computed exactly as if it were alone, which with a
 seed makes it reproducible and keeps voices from mixing.
 
-The LoRA layers run the lean forwards of core/lora_fast.py (peft's arithmetic; what is
+The LoRA layers run the lean forwards of core/engine/lora_fast.py (peft's arithmetic; what is
 bitwise peft and what is within bf16 rounding is said there); a self-check at start compares
 the one-token kernels with the reference ones on this machine and turns them off where they
 disagree (`status()["fast_paths"]`). A group of personas is decoded as one batch with
 per-row adapters, every row's slot pinned until the group ends; an evicted adapter's file,
-once checked and while unchanged, is read straight back into its slot (core/adapter_io.py
+once checked and while unchanged, is read straight back into its slot (core/engine/adapter_io.py
 says what is verified when). `status()` and `resident()` serve a snapshot and never wait for a
 reply. Generation runs on the CPU threads `default_threads` picks. docs/performance.md has
 the measurements.
@@ -25,54 +25,20 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from core.adapter_io import WeightsFile, checked_key, layout_of
-from core.adapter_pool import AdapterPool
 from core.adapters import AdapterSpec, DigestCache, check_compatible, inspect_adapter, module_shapes
 from core.device import model_device, on_model
+from core.engine.adapter_io import WeightsFile, checked_key, layout_of
+from core.engine.adapter_pool import AdapterPool
+from core.engine.base import DEFAULT_CONTEXT_LIMIT, AdapterRef, GenerationSettings
+from core.engine.model_hooks import DecodeThreads, _dense_head_input, default_threads
 from core.errors import AdapterCorrupt, ChorusError
 from core.loader import ModelInfo, load_base
-from core.model_hooks import DecodeThreads, _dense_head_input, default_threads
 from core.model_source import ModelSource
 
-DEFAULT_CONTEXT_LIMIT = 4096
-
-
-@dataclass(frozen=True)
-class AdapterRef:
-    """The adapter a request wants: whose it is, where it lives, and its checksum."""
-
-    persona_id: str
-    folder: Path
-    sha256: str | None = None
-
-
-@dataclass
-class GenerationSettings:
-    temperature: float = 0.7  # 0 means greedy decoding
-    top_p: float = 0.95
-    top_k: int = 50
-    repetition_penalty: float = 1.1
-    max_new_tokens: int = 200
-    seed: int | None = None  # None: a fresh random seed, recorded with the reply
-    min_new_tokens: int = 0  # benchmarks force a fixed length; chat leaves it at 0
-
-    def __post_init__(self):
-        if not 0 <= self.temperature <= 5:
-            raise ChorusError("Temperature must be between 0 and 5.")
-        if not 0 < self.top_p <= 1:
-            raise ChorusError("Top-p must be above 0 and at most 1.")
-        if not 1 <= int(self.max_new_tokens) <= 8192:
-            raise ChorusError("Max new tokens must be between 1 and 8192.")
-        self.max_new_tokens = int(self.max_new_tokens)
-        if self.seed is not None:
-            self.seed = int(self.seed)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -154,7 +120,7 @@ class Engine:
         soft-caps its attention scores: its decode steps keep transformers' attention)."""
         import torch
 
-        from core import attention, lora_fast
+        from core.engine import attention, lora_fast
 
         t0 = time.perf_counter()
         off = {}
@@ -441,7 +407,7 @@ class Engine:
         """Greedy replies for several personas decoded together in one batch.
 
         The base model's 4-bit matmuls serve all rows at once, and each row applies its
-        own adapter through the lean LoRA forwards (core/lora_fast.py), within bf16
+        own adapter through the lean LoRA forwards (core/engine/lora_fast.py), within bf16
         rounding of peft's mixed-adapter batches (`adapter_names`); those are the fallback
         when a slot has layers the lean forward does not serve. Every row's slot is pinned
         from its load to the end of the group, so a later row's load (another version of

@@ -6,13 +6,13 @@ modules of the right shapes, so the next adapter with the same layout (rank and 
 modules) is copied straight into it and its scaling set; a cold switch then costs little
 more than reading the file. Each slot's matrices live in one contiguous buffer (the
 parameters are views of it), which a file already checked once is read into directly
-(core/adapter_io.py); where exact, each layer's scale is folded into B (core/lora_fast.py).
+(core/engine/adapter_io.py); where exact, each layer's scale is folded into B (core/engine/lora_fast.py).
 Slots are peft adapters named `slot0`, `slot1`...; which persona fills a slot is the
 engine's business. At most `capacity` slots exist.
 
 Switching sets every LoRA layer's active list directly: peft's set_adapter walks all
 modules and resets requires_grad on every resident adapter, which serving never needs.
-The layers themselves run the lean forwards of core/lora_fast.py, which follow one
+The layers themselves run the lean forwards of core/engine/lora_fast.py, which follow one
 attribute (`fast.active`) and can give each row of a batch its own slot (`rows`).
 """
 
@@ -67,7 +67,7 @@ class AdapterPool:
         self._layers: list | None = None
         self._identity = None  # the nn.Identity every slot's dropout-0 layers share
         self.active: str | None = None
-        from core.lora_fast import FastLora
+        from core.engine.lora_fast import FastLora
 
         self.fast = FastLora()
 
@@ -187,7 +187,7 @@ class AdapterPool:
     def _copy(self, slot: _Slot, tensors, folds: dict) -> None:
         """Copy every tensor into the slot; each targeted module must get both its matrices,
         or a refilled slot would keep a stale matrix of its previous adapter. `tensors` is
-        the dict of checked tensors, or a WeightsFile (core/adapter_io.py) to read from."""
+        the dict of checked tensors, or a WeightsFile (core/engine/adapter_io.py) to read from."""
         import torch
 
         plan = self._plan(slot, tensors)
@@ -247,7 +247,7 @@ class AdapterPool:
                 param.data = view
                 offsets[key] = (at * arena.element_size(), n * arena.element_size())
                 at += n
-        from core.adapter_io import byte_view
+        from core.engine.adapter_io import byte_view
 
         slot.arena, slot.offsets = byte_view(arena), offsets
 

@@ -1,0 +1,20 @@
+"""The engine: one base model and the persona adapters it serves.
+
+`base` holds the interface the services use and the types they exchange (no torch);
+`local` is the NF4 engine in this process, with its adapter slots (`adapter_pool`,
+`adapter_io`), lean LoRA forwards (`lora_fast`), decode attention (`attention`) and the
+hooks it sets on the model (`model_hooks`).
+"""
+
+from core.engine.base import DEFAULT_CONTEXT_LIMIT, AdapterRef, EngineBackend, GenerationSettings
+
+__all__ = ["DEFAULT_CONTEXT_LIMIT", "AdapterRef", "EngineBackend", "GenerationSettings", "Engine"]
+
+
+def __getattr__(name):
+    # The local engine pulls in the model code; the page imports only the types above.
+    if name == "Engine":
+        from core.engine.local import Engine
+
+        return Engine
+    raise AttributeError(name)
