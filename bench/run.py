@@ -52,8 +52,9 @@ NOTES = {
                  "after fsync and posix_fadvise(POSIX_FADV_DONTNEED) on its files, so the read goes to the disk "
                  "(`adapter_cold_load_disk_cached_fraction` is the largest share of the weights still cached "
                  "just before such a read: 0 means every disk figure is a disk read)",
-    "group4": "generate_group has no caller in the app yet: no feature decodes several personas in one batch; "
-              "the group figures say what such a feature would get",
+    "group4": "the app decodes this way: every request waiting for the model (a group chat answering "
+              "everyone at once, API clients, tabs) joins one batch in the scheduler (core/engine/scheduler.py); "
+              "generate_group submits the whole group at once",
 }
 
 

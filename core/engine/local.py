@@ -4,19 +4,22 @@ beside it.
 Every request names the adapter it wants (or none, for the bare base); there is no
 global "current persona" that another session could change under it. Adapters are
 checked and read from disk outside the lock, injected under it, and published only once
-complete, so no request ever runs on a half-loaded adapter. Generation, injection and
-eviction share one lock: a reply is computed exactly as if it were alone, which with a
-seed makes it reproducible and keeps voices from mixing.
+complete, so no request ever runs on a half-loaded adapter. Every reply is a request to
+the scheduler (core/engine/scheduler.py): requests waiting for the model are decoded
+together as one batch, each row with its own adapter, its own sampling settings and its
+own seeded random stream, so a row gives what it gives alone (bitwise where the kernels
+allow, tests/test_batching.py says the tolerance) and voices never mix. Each row pins its
+slot while it runs; injection and eviction take the engine lock, which the decode thread
+holds around each forward.
 
 The LoRA layers run the lean forwards of core/engine/lora_fast.py (peft's arithmetic; what is
 bitwise peft and what is within bf16 rounding is said there); a self-check at start compares
 the one-token kernels with the reference ones on this machine and turns them off where they
-disagree (`status()["fast_paths"]`). A group of personas is decoded as one batch with
-per-row adapters, every row's slot pinned until the group ends; an evicted adapter's file,
-once checked and while unchanged, is read straight back into its slot (core/engine/adapter_io.py
-says what is verified when). `status()` and `resident()` serve a snapshot and never wait for a
-reply. Generation runs on the CPU threads `default_threads` picks. docs/performance.md has
-the measurements.
+disagree (`status()["fast_paths"]`). An evicted adapter's file, once checked and while
+unchanged, is read straight back into its slot (core/engine/adapter_io.py says what is
+verified when). `status()` and `resident()` serve a snapshot and never wait for a reply.
+Generation runs on the CPU threads `default_threads` picks. docs/performance.md has the
+measurements.
 """
 
 from __future__ import annotations
@@ -25,16 +28,17 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 from core.adapters import AdapterSpec, DigestCache, check_compatible, inspect_adapter, module_shapes
-from core.device import model_device, on_model
+from core.device import model_device
 from core.engine.adapter_io import WeightsFile, checked_key, layout_of
 from core.engine.adapter_pool import AdapterPool
 from core.engine.base import DEFAULT_CONTEXT_LIMIT, AdapterRef, GenerationSettings
 from core.engine.model_hooks import DecodeThreads, _dense_head_input, default_threads
+from core.engine.scheduler import Request, Scheduler, SlotsBusy
 from core.errors import AdapterCorrupt, ChorusError
 from core.loader import ModelInfo, load_base
 from core.model_source import ModelSource
@@ -52,21 +56,6 @@ class _Resident:
     pins: int = 0  # rows of a group in progress that point at this slot: never evicted then
 
 
-class _StopOnEvent:
-    """Ends generation once `event` is set, and remembers whether it was what ended it."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-        self.fired = False
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        if self.event.is_set():
-            self.fired = True
-        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
-
-
 class Engine:
     def __init__(
         self,
@@ -77,6 +66,8 @@ class Engine:
         max_resident: int = 8,
         context_limit: int | None = None,
         threads: tuple[int, int] | None = None,
+        max_batch: int = 8,  # rows decoded together at most
+        kv_budget_bytes: int = 512 * 2**20,  # key/value cache the rows of a batch may take (a lone row always runs)
     ):
         if max_resident < 1:
             raise ChorusError("--max-resident-adapters must be at least 1.")
@@ -105,12 +96,17 @@ class Engine:
         self.fast_paths = self._self_check()
         self._info = info.as_dict()
         self._snapshot: dict = {}
+        # Every reply goes through the scheduler's queue and is decoded in batches; the
+        # batch is capped by rows and by the key/value cache's bytes.
+        self.scheduler = Scheduler(self, max_batch=max_batch, kv_budget_bytes=kv_budget_bytes)
         self._publish()
 
     @classmethod
-    def load(cls, source: ModelSource, *, max_resident: int = 8, quantize: bool = True, context_limit=None) -> "Engine":
+    def load(cls, source: ModelSource, *, max_resident: int = 8, quantize: bool = True, context_limit=None,
+             **options) -> "Engine":
+        """options: max_batch, kv_budget_bytes, threads (see __init__)."""
         model, tokenizer, info = load_base(source, quantize=quantize, context_limit=context_limit)
-        return cls(model, tokenizer, info, max_resident=max_resident, context_limit=context_limit)
+        return cls(model, tokenizer, info, max_resident=max_resident, context_limit=context_limit, **options)
 
     def _self_check(self) -> dict:
         """Compare the one-token fast kernels with the reference ones on this machine (a
@@ -184,9 +180,20 @@ class Engine:
                 return name
         return None
 
-    def ensure_adapter(self, ref: AdapterRef, *, pin: bool = False) -> str:
+    def ensure_adapter(self, ref: AdapterRef, *, pin: bool = False, wait: bool = True) -> str:
         """Make `ref` resident (checking it first) and return the slot that serves it.
-        pin=True: the slot stays until `unpin` (a group's rows point at it)."""
+        pin=True: the slot stays until `unpin` (a row being decoded points at it).
+        When every slot is pinned by rows being decoded, an unpinned call waits for a row
+        to leave (wait=False: raises SlotsBusy at once, as it always does when the pins
+        are not the scheduler's)."""
+        while True:
+            try:
+                return self._ensure(ref, pin)
+            except SlotsBusy:
+                if pin or not wait or not self.scheduler.wait_for_leave(timeout=1.0):
+                    raise
+
+    def _ensure(self, ref: AdapterRef, pin: bool) -> str:
         with self._lock:
             name = self._resident_for(ref)
             if name is not None:
@@ -269,7 +276,7 @@ class Engine:
         """Free the least recently used slot that no group row points at."""
         victim = next((name for name, res in self._resident.items() if res.pins == 0), None)
         if victim is None:
-            raise ChorusError(
+            raise SlotsBusy(
                 f"All {self.max_resident} adapter slots are in use by the group being decoded; "
                 "send fewer personas at once or raise --max-resident-adapters."
             )
@@ -318,102 +325,58 @@ class Engine:
     ) -> Iterator[str]:
         """Yield the reply's text piece by piece; setting `stop` ends it after the current token.
 
-        `result`, if given, is filled with this reply's figures (tokens, seconds, tok_s, and
-        whether the stop request is what ended it) once the stream is done.
+        The reply is decoded in a batch with whatever else waits for the model
+        (core/engine/scheduler.py). `result`, if given, is filled once the reply ends: tokens,
+        seconds, tok_s, stopped, prompt_tokens, finish_reason ("stop": end of sequence or a
+        stop string; "length": max tokens; "stopped": the stop event) and batch (the largest
+        batch the reply was decoded in). Closing the generator stops the reply.
         """
-        from transformers import TextIteratorStreamer
-
         stop = stop or threading.Event()
         if adapter is not None:
-            self.ensure_adapter(adapter)  # slow part outside the generation lock
+            self._preload(adapter)
         if settings.seed is None:
             settings.seed = random.randrange(2**31)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        errors: list[BaseException] = []
+        req = Request(input_ids, adapter, settings, stop, result)
+        self.scheduler.submit([req])
+        yield from self.scheduler.pieces(req)
 
-        def work():
-            try:
-                stats = self._generate(input_ids, adapter, settings, streamer, stop)
-                if result is not None:
-                    result.update(stats)
-            except BaseException as exc:  # handed to the consumer below
-                errors.append(exc)
-                streamer.end()
+    def generate(self, input_ids, adapter, settings, stop=None, result=None) -> str:
+        return "".join(self.stream(input_ids, adapter, settings, stop, result))
 
-        worker = threading.Thread(target=work, name="chorus-generate", daemon=True)
-        worker.start()
+    def _preload(self, ref: AdapterRef) -> None:
+        """Read and check an adapter on the caller's thread, not the decode thread; a refused
+        one fails here. When every slot serves a running row, it loads once one is free."""
         try:
-            for piece in streamer:
-                if piece:
-                    yield piece
-        finally:
-            stop.set()  # a consumer that went away must not keep the model busy
-            worker.join()
-        if errors:
-            exc = errors[0]
-            if isinstance(exc, ChorusError):
-                raise exc
-            raise ChorusError(f"Generation failed: {type(exc).__name__}: {exc}") from exc
+            self.ensure_adapter(ref, wait=False)
+        except SlotsBusy:
+            pass
 
-    def generate(self, input_ids, adapter, settings, stop=None) -> str:
-        return "".join(self.stream(input_ids, adapter, settings, stop))
+    def idle(self, timeout: float | None = None) -> bool:
+        """Wait until no reply runs or waits for the model; False if `timeout` passed first."""
+        return self.scheduler.idle(timeout)
 
-    def _generate(self, input_ids, adapter, settings, streamer, stop) -> dict:
-        import torch
-        from transformers import StoppingCriteriaList
+    def _lean(self, group) -> bool:
+        """Whether the group's rows ran the lean LoRA forwards (not peft's own)."""
+        if len(group) > 1:
+            return bool(self.scheduler.decoder.lean)
+        slot = group[0].slot
+        return slot is None or self.pool.peft is None or self.pool.fast.covers(slot, self.pool.layers())
 
+    def _record(self, stats: dict) -> None:
+        """A reply ended: its figures become the status line's last generation."""
         with self._lock:
-            name = self.ensure_adapter(adapter) if adapter is not None else None
-            self._activate(name)
-            ids = on_model(self.model, [input_ids])
-            sample = settings.temperature > 0
-            stopper = _StopOnEvent(stop)
-            kwargs = dict(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=settings.max_new_tokens,
-                min_new_tokens=settings.min_new_tokens or None,
-                do_sample=sample,
-                repetition_penalty=settings.repetition_penalty,
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([stopper]),
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            if sample:
-                kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            torch.manual_seed(settings.seed)
-            t0 = time.perf_counter()
-            try:
-                with torch.inference_mode(), self.threads.active():
-                    # The LoRA layers live inside self.model; which one runs was set above.
-                    out = self.model.generate(**kwargs)
-            finally:
-                self.pool.fast.forget_input()
-            elapsed = time.perf_counter() - t0
-            new_tokens = int(out.shape[1] - ids.shape[1])
-            stats = {
-                "tokens": new_tokens,
-                "seconds": round(elapsed, 3),
-                "tok_s": round(new_tokens / elapsed, 1) if elapsed > 0 else None,
-                "stopped": stopper.fired,
-            }
-            self.last_generation = stats  # for the status line; callers get their own copy
+            self.last_generation = dict(stats)
             self._publish()
-            return dict(stats)
 
     def generate_group(self, requests: list[tuple[list[int], AdapterRef | None]], settings: GenerationSettings) -> list[str]:
-        """Greedy replies for several personas decoded together in one batch.
+        """Greedy replies for several personas, submitted together so they form one batch.
 
         The base model's 4-bit matmuls serve all rows at once, and each row applies its
         own adapter through the lean LoRA forwards (core/engine/lora_fast.py), within bf16
         rounding of peft's mixed-adapter batches (`adapter_names`); those are the fallback
         when a slot has layers the lean forward does not serve. Every row's slot is pinned
-        from its load to the end of the group, so a later row's load (another version of
-        the same persona, a refill) never takes a slot a row points at. Greedy only:
-        sampled rows would share one random stream, and a reply must not depend on who
-        else was in the batch. No feature of the app calls this yet (bench/run.py does).
+        from admission until the row ends. Greedy only (bench/run.py and the tests use it
+        to compare a group with its rows alone); sampled replies go through `stream`.
         """
         if settings.temperature > 0:
             raise ChorusError("Grouped decoding is greedy only; use temperature 0.")
@@ -423,58 +386,28 @@ class Engine:
                 f"A group can hold at most {self.max_resident} distinct adapters (--max-resident-adapters); "
                 f"this one has {len(distinct)}."
             )
-        with self._lock:
-            names: list = []
-            try:
-                for _, ref in requests:
-                    names.append(self.ensure_adapter(ref, pin=True) if ref is not None else None)
-                return self._decode_group(requests, names, settings)
-            finally:
-                self.unpin([n for n in names if n is not None])
-
-    def _decode_group(self, requests, names, settings) -> list[str]:
-        import torch
-
-        width = max(len(ids) for ids, _ in requests)
-        pad = self.tokenizer.pad_token_id
-        batch = on_model(self.model, [[pad] * (width - len(ids)) + list(ids) for ids, _ in requests])
-        mask = on_model(self.model, [[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in requests])
-        active = self.pool.active
-        self.pool.activate(None)  # layers no row targets must run bare
+        for _, ref in requests:
+            if ref is not None:
+                self._preload(ref)
+        if settings.seed is None:
+            settings.seed = random.randrange(2**31)
+        group: list[Request] = []
+        for ids, ref in requests:
+            group.append(Request(ids, ref, replace(settings), threading.Event(), {}, group))
         t0 = time.perf_counter()
-        try:
-            with torch.inference_mode(), self.pool.rows(names) as lean, self.threads.active():
-                if lean or self.peft is None:
-                    model, extra = self.model, {}
-                else:
-                    model, extra = self.peft, {"adapter_names": [n or "__base__" for n in names]}
-                out = model.generate(
-                    input_ids=batch,
-                    attention_mask=mask,
-                    max_new_tokens=settings.max_new_tokens,
-                    min_new_tokens=settings.min_new_tokens or None,
-                    do_sample=False,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                    repetition_penalty=settings.repetition_penalty,
-                    pad_token_id=pad,
-                    **extra,
-                )
-        finally:
-            self.pool.fast.forget_input()
-            self.pool.activate(active)
+        self.scheduler.submit(group)
+        texts = ["".join(self.scheduler.pieces(req)) for req in group]
         elapsed = time.perf_counter() - t0
-        new = out[:, width:]
-        self.last_generation = {
-            "tokens": int(new.numel()),
+        tokens = sum(req.result.get("tokens", 0) for req in group)
+        self._record({
+            "tokens": tokens,
             "seconds": round(elapsed, 3),
-            "tok_s": round(new.numel() / elapsed, 1) if elapsed > 0 else None,
+            "tok_s": round(tokens / elapsed, 1) if elapsed > 0 else None,
             "group": len(requests),
-            "lean_rows": bool(lean),
-        }
-        self._publish()
-        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in new]
+            "batch": max(req.result.get("batch", 0) for req in group),
+            "lean_rows": self._lean(group),
+        })
+        return texts
 
     def _publish(self) -> None:
         """Replace the status snapshot (called, under the generation lock or at start,
@@ -494,7 +427,8 @@ class Engine:
         """The engine's figures for the status line, from the snapshot: never waits for a
         reply in progress. The caller gets its own copy."""
         snap = self._snapshot
-        out = {**snap, "resident_adapters": list(snap["resident_adapters"])}
+        waiting, running = self.scheduler.counts
+        out = {**snap, "resident_adapters": list(snap["resident_adapters"]), "queue": waiting, "running": running}
         for key in ("last_switch", "last_generation", "fast_paths"):
             out[key] = dict(snap[key])
         return out
