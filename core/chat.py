@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from core.engine import AdapterRef, Engine, GenerationSettings
+from core.engine import AdapterRef, EngineBackend, GenerationSettings
 from core.errors import AdapterCorrupt, AdapterIncompatible, ChorusError, NotFound
 from core.loader import model_name_matches
 from core.prompting import build_prompt, fill_placeholders
@@ -31,8 +31,17 @@ class ReplyEvent:
     info: dict = field(default_factory=dict)
 
 
+@dataclass
+class ReplyOutcome:
+    """What one generated reply came to: its text, the engine's figures, the error that ended it."""
+    text: str = ""
+    figures: dict = field(default_factory=dict)
+    error: ChorusError | None = None
+    thoughts: ThinkFilter = field(default_factory=ThinkFilter)
+
+
 class ChatService:
-    def __init__(self, store: Store, engine: Engine):
+    def __init__(self, store: Store, engine: EngineBackend):
         self.store = store
         self.engine = engine
 
@@ -146,8 +155,13 @@ class ChatService:
         if path is None:
             path = self.store.conversations.path(conversation_id)
         parent = path[-1]["id"] if path else None
+        prompt, adapter, warning = self.prepare(persona, path, settings)
+        return self._stream(conversation_id, persona, parent, prompt, adapter, settings, stop or threading.Event(), warning)
+
+    def prepare(self, persona: dict, path: list[dict], settings: GenerationSettings):
+        """The prompt `persona` answers `path` with, its adapter (None: the card alone) and the
+        warning to show when the adapter cannot be used."""
         prompt = build_prompt(self.engine.tokenizer, persona, path, self.engine.prompt_budget(settings.max_new_tokens))
-        stop = stop or threading.Event()
         adapter = self.adapter_ref(persona)
         warning = None
         other = self.other_base(persona)
@@ -163,19 +177,31 @@ class ChatService:
                 self._check_not_deleted(persona)
                 warning = f"{persona['name']}'s adapter could not be used, so this reply comes from the card alone: {exc}"
                 adapter = None
-        return self._stream(conversation_id, persona, parent, prompt, adapter, settings, stop, warning)
+        return prompt, adapter, warning
 
     def _stream(self, conversation_id, persona, parent, prompt, adapter, settings, stop, warning):
+        outcome = ReplyOutcome()
+        try:
+            yield from self.generate(prompt, adapter, settings, stop, warning, outcome)
+        finally:
+            # Saved even when the consumer stops early: what was written is kept.
+            message = self.save_outcome(conversation_id, persona, parent, outcome, settings, adapter, prompt, warning)
+        if outcome.error is not None:
+            self._check_not_deleted(persona)
+            raise outcome.error
+        yield ReplyEvent("done", outcome.text, message=message)
+
+    def generate(self, prompt, adapter, settings, stop, warning, outcome: "ReplyOutcome") -> Iterator[ReplyEvent]:
+        """Stream one reply's events without saving it; `outcome` holds what was written (also
+        after an early stop) and the error that ended it, if any, once this generator ends."""
         if warning:
             yield ReplyEvent("warning", warning)
         if prompt.dropped_turns:
             yield ReplyEvent("info", info={"dropped_turns": prompt.dropped_turns})
         pieces: list[str] = []
-        figures: dict = {}
-        error: ChorusError | None = None
-        thoughts = ThinkFilter(inside=prompt.opens_thinking)
+        thoughts = outcome.thoughts = ThinkFilter(inside=prompt.opens_thinking)
         try:
-            for piece in self.engine.stream(prompt.input_ids, adapter, settings, stop, result=figures):
+            for piece in self.engine.stream(prompt.input_ids, adapter, settings, stop, result=outcome.figures):
                 shown = thoughts.feed(piece)
                 if shown:
                     pieces.append(shown)
@@ -186,18 +212,18 @@ class ChatService:
                 pieces.append(shown)
                 yield ReplyEvent("delta", shown)
         except ChorusError as exc:
-            error = exc
+            outcome.error = exc
         finally:
-            # Saved even when the consumer stops early: what was written is kept. A reply
-            # that failed before writing anything is not saved as an empty message.
             pieces.append(thoughts.finish())  # after an early stop: what was held back, if anything
-            text = "".join(pieces).strip()
-            if error is None or text:
-                message = self._save_reply(conversation_id, persona, parent, text, settings, figures, adapter, prompt, warning, error, thoughts)
-        if error is not None:
-            self._check_not_deleted(persona)
-            raise error
-        yield ReplyEvent("done", text, message=message)
+            outcome.text = "".join(pieces).strip()
+
+    def save_outcome(self, conversation_id, persona, parent, outcome, settings, adapter, prompt, warning) -> dict | None:
+        """Save a generated reply under `parent`; a reply that failed before writing anything
+        is not saved as an empty message (None)."""
+        if outcome.error is not None and not outcome.text:
+            return None
+        return self._save_reply(conversation_id, persona, parent, outcome.text, settings, outcome.figures, adapter,
+                                prompt, warning, outcome.error, outcome.thoughts)
 
     def _check_not_deleted(self, persona: dict) -> None:
         """Raise NotFound when `persona` was deleted while its reply was being prepared."""

@@ -239,6 +239,23 @@ def export_leaves_adapter_behind(store: Store, persona_id_or_name: str, out_path
     return kind not in (None, "bundle") and store.current_adapter(persona) is not None
 
 
+GROUP_MODE_WORDS = {"turn": "in turn", "together": "all at once", "mention": "when @mentioned"}
+
+
+def _group_members(store: Store, conversation: dict, messages: list[dict]) -> list[dict]:
+    """A group chat's members as {persona_id, persona_name}; a deleted member keeps the name
+    its messages carry. [] for a one-to-one chat."""
+    spoken = {m.get("persona_id"): m.get("persona_name") for m in messages if m.get("persona_id")}
+    out = []
+    for pid in conversation.get("members") or []:
+        try:
+            name = store.personas.get(pid)["name"]
+        except ChorusError:
+            name = spoken.get(pid) or pid
+        out.append({"persona_id": pid, "persona_name": name})
+    return out
+
+
 def export_conversation(store: Store, conversation_id: str, out_path: str | Path) -> Path:
     """Write the conversation's shown branch as Markdown (`.md`) or OpenAI chat JSONL (`.jsonl`).
 
@@ -256,8 +273,11 @@ def export_conversation(store: Store, conversation_id: str, out_path: str | Path
     messages = store.conversations.path(conversation_id)
     if not messages:
         raise ChorusError("This conversation has no messages yet; there is nothing to export.")
+    members = _group_members(store, conversation, messages)
     if kind == "markdown":
-        text = conversation_to_markdown(conversation["title"], messages)
+        mode = GROUP_MODE_WORDS.get(conversation.get("group_mode")) if members else None
+        text = conversation_to_markdown(conversation["title"], messages, members=[m["persona_name"] for m in members], mode=mode)
     else:
-        text = conversation_to_openai_jsonl(messages)
+        group = {"members": members, "mode": conversation.get("group_mode")} if members else None
+        text = conversation_to_openai_jsonl(messages, group=group)
     return atomic_write_bytes(out_path, text.encode("utf-8"))

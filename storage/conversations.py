@@ -3,6 +3,11 @@
 A message's parent is the message it answers; a regenerated reply is a sibling of the
 reply it replaces (same parent), so nothing written is ever lost. The conversation's
 `leaf_id` marks the branch being shown: its path is the walk from the leaf to the root.
+
+A group chat is a conversation with `members` (persona ids, in reply order) and a
+`group_mode` ('turn', 'together' or 'mention'); a one-to-one chat has no members. A round
+of group replies is a chain on one branch (each reply's parent is the reply before it), so
+the next round's prompts see all of them (core.group_chat).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from storage.errors import ChorusError, NotFound
 
 MAX_MESSAGE = 256 * 1024
 MAX_TITLE = 120
+GROUP_MODES = ("turn", "together", "mention")
+MAX_MEMBERS = 8
 
 
 class MessageInvalid(ChorusError):
@@ -23,6 +30,22 @@ class MessageInvalid(ChorusError):
 
 def _decode(row: dict) -> dict:
     return decode_json(row, {"meta": dict})
+
+
+def _decode_conv(row: dict) -> dict:
+    row = decode_json(row, {"members": list})
+    row["members"] = [m for m in row["members"] if isinstance(m, str)]
+    row["group_mode"] = row.get("group_mode") if row.get("group_mode") in GROUP_MODES else "turn"
+    return row
+
+
+def _check_group(members: list[str], mode: str) -> None:
+    if mode not in GROUP_MODES:
+        raise MessageInvalid(f"Unknown group mode '{mode}'; use one of: {', '.join(GROUP_MODES)}.")
+    if len(set(members)) != len(members):
+        raise MessageInvalid("A persona can be in a group only once.")
+    if len(members) > MAX_MEMBERS:
+        raise MessageInvalid(f"A group has at most {MAX_MEMBERS} personas; {len(members)} were picked.")
 
 
 class ConversationRepo:
@@ -35,18 +58,32 @@ class ConversationRepo:
 
     # conversations -------------------------------------------------------
 
-    def create(self, title: str = "") -> dict:
+    def create(self, title: str = "", members: list[str] | None = None, mode: str = "turn") -> dict:
+        """A new conversation; with `members`, a group chat whose personas reply by `mode`."""
+        members = list(members or [])
+        _check_group(members, mode)
         cid = uuid.uuid4().hex[:12]
         stamp = now()
         with self._h.transaction():
-            self._db["conversations"].insert({"id": cid, "title": title[:MAX_TITLE], "created": stamp, "updated": stamp})
+            self._db["conversations"].insert({"id": cid, "title": title[:MAX_TITLE], "created": stamp, "updated": stamp,
+                                              "members": json.dumps(members), "group_mode": mode})
         return self.get(cid)
 
     def get(self, conversation_id: str) -> dict:
         rows = list(self._db["conversations"].rows_where("id = ?", [conversation_id]))
         if not rows:
             raise NotFound(f"There is no conversation '{conversation_id}'. It may have been deleted.")
-        return rows[0]
+        return _decode_conv(rows[0])
+
+    def set_group(self, conversation_id: str, *, members: list[str] | None = None, mode: str | None = None) -> dict:
+        """Change a group's members or reply mode (what is not given stays)."""
+        conv = self.get(conversation_id)
+        members = conv["members"] if members is None else list(members)
+        mode = conv["group_mode"] if mode is None else mode
+        _check_group(members, mode)
+        with self._h.transaction():
+            self._db["conversations"].update(conversation_id, {"members": json.dumps(members), "group_mode": mode})
+        return self.get(conversation_id)
 
     def list(self, limit: int = 200) -> list[dict]:
         """Newest first, each with the names of the personas that spoke in it."""
@@ -58,7 +95,7 @@ class ConversationRepo:
         """
         out = []
         for row in self._db.query(sql, [limit]):
-            row = dict(row)
+            row = _decode_conv(dict(row))
             row["personas"] = [n for n in (row.pop("persona_names") or "").split(",") if n]
             out.append(row)
         return out
@@ -146,10 +183,22 @@ class ConversationRepo:
                 self._db["conversations"].update(row["conversation_id"], {"updated": now()})
         return self.message(message_id)
 
-    def delete_message(self, message_id: int) -> None:
-        """Delete a message and every reply below it; the branch falls back to its parent."""
+    def delete_message(self, message_id: int, *, keep_replies: bool = False) -> None:
+        """Delete a message and every reply below it; the branch falls back to its parent.
+
+        With `keep_replies`, only this message goes: what answered it moves up to its parent
+        (a group member's reply deleted from the middle of a round leaves the others)."""
         row = self.message(message_id)
         cid = row["conversation_id"]
+        if keep_replies:
+            with self._h.transaction():
+                conv = self.get(cid)
+                self._db.execute("UPDATE messages SET parent_id = ? WHERE parent_id = ?", [row["parent_id"], message_id])
+                self._db.execute("DELETE FROM messages WHERE id = ?", [message_id])
+                if conv["leaf_id"] == message_id or conv["leaf_id"] is None:
+                    leaf = self._latest_leaf_under(row["parent_id"], cid)
+                    self._db["conversations"].update(cid, {"leaf_id": leaf, "updated": now()})
+            return
         with self._h.transaction():
             doomed = [r[0] for r in self._db.execute(
                 """WITH RECURSIVE sub(id) AS (SELECT ? UNION ALL

@@ -151,3 +151,16 @@ def m004_voice_picks(db: Database) -> None:
         )
         """
     )
+
+
+@migrations()
+def m005_groups(db: Database) -> None:
+    # A group chat: the personas that reply (JSON list of persona ids, in reply order; '[]'
+    # for a one-to-one chat) and how they reply to each user message ('turn': one after
+    # another, each seeing the replies before it; 'together': all at once from the same
+    # prompt; 'mention': only those addressed by @Name, in turn).
+    db.execute("ALTER TABLE conversations ADD COLUMN members TEXT NOT NULL DEFAULT '[]'")
+    db.execute(
+        "ALTER TABLE conversations ADD COLUMN group_mode TEXT NOT NULL DEFAULT 'turn' "
+        "CHECK (group_mode IN ('turn', 'together', 'mention'))"
+    )

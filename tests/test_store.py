@@ -20,7 +20,7 @@ EXPECTED_COLUMNS = {
         "id", "persona_id", "version", "folder", "sha256", "base_model", "base_fingerprint",
         "rank", "alpha", "target_modules", "size_bytes", "created",
     ],
-    "conversations": ["id", "title", "leaf_id", "created", "updated"],
+    "conversations": ["id", "title", "leaf_id", "created", "updated", "members", "group_mode"],
     "messages": [
         "id", "conversation_id", "parent_id", "role", "content", "persona_id", "persona_name", "meta", "created",
     ],
@@ -41,14 +41,14 @@ def test_empty_database_migrates_to_exact_columns(chorus_home):
     assert tables == set(EXPECTED_COLUMNS)
     for table, columns in EXPECTED_COLUMNS.items():
         assert [c.name for c in db[table].columns] == columns, table
-    assert [m["name"] for m in db["_sqlite_migrations"].rows] == ["m001_initial", "m002_training", "m003_training_owner", "m004_voice_picks"]
+    assert [m["name"] for m in db["_sqlite_migrations"].rows] == ["m001_initial", "m002_training", "m003_training_owner", "m004_voice_picks", "m005_groups"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_reopening_does_not_migrate_twice(chorus_home):
     Store()
     store = Store()
-    assert store.handle.db["_sqlite_migrations"].count == 4
+    assert store.handle.db["_sqlite_migrations"].count == 5
 
 
 def test_persona_ids_are_stable_slugs(chorus_home):

@@ -17,7 +17,7 @@ element.addEventListener('click', async (e) => {
     b.textContent = 'Copied'; setTimeout(() => { b.textContent = 'Copy'; }, 1500);
     return;
   }
-  if (act === 'delete' && !window.confirm('Delete this message and every reply below it?')) return;
+  if (act === 'delete' && !window.confirm(b.dataset.confirm || 'Delete this message and every reply below it?')) return;
   trigger('click', {act: act, id: b.dataset.id || b.dataset.mid || ''});
 });
 """
@@ -73,6 +73,7 @@ CSS = r"""
 .ch-card-name { font-weight: 600; }
 .ch-card-line, .ch-conv-meta { font-size: .8rem; color: var(--body-text-color-subdued); white-space: nowrap;
   overflow: hidden; text-overflow: ellipsis; }
+.ch-conv-meta { max-width: 100%; }
 .ch-conv { flex-direction: column; align-items: flex-start; gap: 0; }
 .ch-conv-title { font-weight: 500; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; max-width: 100%; }
 .ch-active { display: flex; gap: 12px; align-items: center; padding: 4px 2px; }
@@ -89,6 +90,14 @@ CSS = r"""
   color: var(--body-text-color-subdued); border: 1px solid var(--border-color-primary); }
 .ch-tag-stop { color: #b45309; }
 .ch-tag-lora { color: #4f46e5; }
+.ch-tag-wait { color: #0369a1; }
+.ch-stop-one { color: #b91c1c; }
+.ch-live-together { display: grid; grid-template-columns: repeat(auto-fit, minmax(220px, 1fr)); gap: 8px; }
+.ch-live-together .ch-msg { border: 1px solid var(--border-color-primary); border-radius: 8px; }
+.ch-faces { display: inline-flex; }
+.ch-faces .ch-av { margin-right: -8px; border: 2px solid var(--background-fill-primary); }
+.ch-active-group .ch-faces { margin-right: 8px; }
+#ch-group-new { padding: 8px; }
 .ch-swipe { margin-left: auto; display: inline-flex; gap: 4px; align-items: center; font-size: .8rem; }
 .ch-body { overflow-wrap: anywhere; }
 .ch-body p { margin: .3em 0; }

@@ -1,5 +1,6 @@
 """The chat area: the active persona, the transcript, the message box, Stop/Regenerate,
-message actions (swipe, edit, delete, copy) and the sampling settings.
+message actions (swipe, edit, delete, copy) and the sampling settings. A group chat's
+rounds, its reply-mode control and the "New group chat" panel live in `ui/group_view.py`.
 
 Handlers read the session's `gr.State` ({conv, persona}), call one chat-service method
 and render the result from the store, so what is shown is always what is saved.
@@ -17,6 +18,7 @@ from core.errors import ChorusError, NotFound
 from core.prompting import fill_placeholders
 from ui import notify, render
 from ui.assets import CLICK_JS, SCROLL_JS
+from ui.group_view import GroupView
 
 STREAM_EVERY_S = 0.05  # at most ~20 transcript updates a second while a reply streams
 LOADING_POLL_S = 0.5
@@ -27,6 +29,7 @@ class ChatView:
         self.runtime = runtime
         self.store = runtime.store
         self.sessions = sessions
+        self.groups = GroupView(self)
 
     # reading the store ---------------------------------------------------------
 
@@ -66,6 +69,10 @@ class ChatView:
         """The shown branch (or, for a new chat, the persona's greeting as a preview)."""
         avatars = self.avatars()
         extra = [pending] if pending else []
+        group = self.groups.conv(state)
+        if group is not None:
+            return render.transcript_html(self.group_path(group["id"]) + extra, avatars, notice=notice,
+                                          placeholder=self.groups.placeholder(group))
         if state.get("conv"):
             path = self.store.conversations.path(state["conv"])
             return render.transcript_html(path + extra, avatars, notice=notice)
@@ -77,15 +84,23 @@ class ChatView:
                         "persona_id": persona["id"], "persona_name": persona["name"], "meta": {"greeting": True}}]
         return render.transcript_html(preview + extra, avatars, notice=notice, preview=True)
 
+    def group_path(self, conversation_id: str) -> list[dict]:
+        """A group chat's shown branch, its replies marked as a group's (delete keeps the others)."""
+        return [{**m, "in_group": True} for m in self.store.conversations.path(conversation_id)]
+
     def picker(self, state: dict) -> str:
         return render.persona_cards_html(self.store.personas.list(), self.avatars(), state.get("persona"))
 
     def active(self, state: dict) -> str:
+        group = self.groups.conv(state)
+        if group is not None:
+            return self.groups.active(group)
         persona = self.persona(state.get("persona"))
         return render.active_persona_html(persona, self.avatars().get(persona["id"]) if persona else None)
 
     def conv_list(self, state: dict) -> str:
-        return render.conversation_list_html(self.store.conversations.list(), state.get("conv"))
+        names = {p["id"]: p["name"] for p in self.store.personas.list()}
+        return render.conversation_list_html(self.store.conversations.list(), state.get("conv"), names)
 
     def refresh(self, state):
         """Everything the chat tab shows, for page load and after changes elsewhere."""
@@ -195,15 +210,25 @@ class ChatView:
             sent = True
             return events
 
+        def start_group(groups, conv, stops):
+            nonlocal sent
+            events = groups.send(conv, text, settings, stops)
+            sent = True
+            return events
+
+        if self.groups.conv(state) is not None:
+            stream = self.groups.stream(state, request, start_group, pending_user=text)
+        else:
+            stream = self._stream(state, request, start, pending_user=text)
         try:
-            for html, state in self._stream(state, request, start, pending_user=text):
+            for html, state in stream:
                 yield html, "", state, gr.skip()
         except gr.Error:
             yield gr.skip(), ("" if sent else text), state, gr.skip()  # an unsent message goes back in the box
             raise
         yield gr.skip(), ("" if sent else text), state, self.conv_list(state)
 
-    def regenerate(self, state, temperature, top_p, max_new_tokens, seed, request: gr.Request):
+    def regenerate(self, state, temperature, top_p, max_new_tokens, seed, request: gr.Request, mid=None):
         state = self.fix_state(state)
         if not state.get("conv"):
             raise notify.error("There is nothing to regenerate yet; send a message first.")
@@ -214,7 +239,18 @@ class ChatView:
         def start(chat, conv, persona_id, stop):
             return chat.regenerate(conv, persona_id, settings, stop)
 
-        for html, state in self._stream(state, request, start, replacing_last=True):
+        if self.groups.conv(state) is not None:
+            path = self.store.conversations.path(state["conv"])
+            target = int(mid) if mid else (path[-1]["id"] if path else None)
+            speaker = next((m.get("persona_id") for m in path if m["id"] == target), None)
+
+            def start_group(groups, conv, stops):
+                return groups.regenerate(conv, target, settings, stops.get(speaker))
+
+            stream = self.groups.stream(state, request, start_group, regen_of=target)
+        else:
+            stream = self._stream(state, request, start, replacing_last=True)
+        for html, state in stream:
             yield html, state, gr.skip()
         yield gr.skip(), state, self.conv_list(state)
 
@@ -228,7 +264,14 @@ class ChatView:
         def start(chat, conv, persona_id, stop):
             return chat.resend_edited(conv, int(mid), persona_id, text, settings, stop)
 
-        for html, state in self._stream(state, request, start):
+        def start_group(groups, conv, stops):
+            return groups.resend_edited(conv, int(mid), text, settings, stops)
+
+        if self.groups.conv(state) is not None:
+            stream = self.groups.stream(state, request, start_group, pending_user=text)
+        else:
+            stream = self._stream(state, request, start)
+        for html, state in stream:
             yield html, state, gr.skip(), gr.update(visible=False), None
         yield gr.skip(), state, self.conv_list(state), gr.update(visible=False), None
 
@@ -240,9 +283,12 @@ class ChatView:
         act, mid = data.get("act"), data.get("id")
         state = self.fix_state(state)
         skip = (gr.skip(),) * 3
+        if act not in ("regen", "prev", "next", "delete", "edit"):  # a member's Stop: handled by GroupView
+            yield gr.skip(), gr.skip(), gr.skip(), *skip
+            return
         try:
             if act == "regen":
-                for html, state, convs in self.regenerate(state, temperature, top_p, max_new_tokens, seed, request):
+                for html, state, convs in self.regenerate(state, temperature, top_p, max_new_tokens, seed, request, mid):
                     yield html, state, convs, *skip
                 return
             mid = int(mid)
@@ -256,7 +302,8 @@ class ChatView:
                     self.store.conversations.select(row["sibling_ids"][idx])
                 yield self.transcript(state), state, gr.skip(), *skip
             elif act == "delete":
-                self.store.conversations.delete_message(mid)
+                in_group = msg["role"] == "assistant" and self.groups.conv(state) is not None
+                self.store.conversations.delete_message(mid, keep_replies=in_group)
                 yield self.transcript(state), state, self.conv_list(state), *skip
             elif act == "edit":
                 label = "Edit your message" if msg["role"] == "user" else f"Edit {msg.get('persona_name') or 'the'} reply"
@@ -297,6 +344,7 @@ class ChatView:
             # way round: Shift+Enter submits), as the placeholder promises.
             c.box = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter for a new line)", show_label=False,
                                lines=1, max_lines=10, scale=8, elem_id="ch-input", autofocus=True)
+            c.mode = self.groups.build_mode()
             with gr.Column(scale=1, min_width=110):
                 c.send = gr.Button("Send", variant="primary", elem_id="ch-send")
                 c.stop = gr.Button("Stop", variant="stop", elem_id="ch-stop")

@@ -1,7 +1,7 @@
 """The Chorus page: layout and wiring. Each area lives in its own module (chat,
 conversations, personas, status); this module places them and connects them.
 
-Tabs: Chat, Personas, Train (`ui/training_view.py`). Card import/export lives in the
+Tabs: Chat (group chats: `ui/group_view.py`), Personas, Train (`ui/training_view.py`). Card import/export lives in the
 persona editor and the conversation list (`ui/cards_view.py`); the model switch sits under
 the status line (`ui/model_view.py`).
 """
@@ -55,6 +55,7 @@ def build(runtime) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1, min_width=270):
                         new_chat = gr.Button("+ New chat", variant="secondary", elem_id="ch-new")
+                        gv = chat.groups.build_panel()
                         gr.Markdown("**Personas**")
                         picker = gr.HTML(elem_id="ch-personas-list", js_on_load=PICK_JS)
                         gr.Markdown("**Conversations**")
@@ -68,6 +69,7 @@ def build(runtime) -> gr.Blocks:
                 tv = training.build()
 
         chat.wire(c, state, picker, cv.list)
+        chat.groups.wire(gv, c, state, cv.list)
         new_chat.click(chat.new_chat, [state], [state, c.transcript, cv.list, c.box])
         picker.click(note_pick(sessions, chat), None, None, queue=False, show_progress="hidden")
         convs.wire(cv, state, c, new_chat)

@@ -78,8 +78,10 @@ def _button(act: str, mid, label: str, title: str, extra: str = "") -> str:
     )
 
 
-def message_html(msg: dict, avatars: dict, *, last: bool = False, streaming: bool = False, preview: bool = False) -> str:
-    """One message: header (avatar, name, swipe), body, and its action buttons."""
+def message_html(msg: dict, avatars: dict, *, last: bool = False, streaming: bool = False, preview: bool = False,
+                 stop_id: str | None = None) -> str:
+    """One message: header (avatar, name, swipe), body, and its action buttons. A group
+    member's reply being written carries its own Stop (`stop_id`: the persona's id)."""
     role = msg["role"]
     mid = msg.get("id", "")
     if role == "user":
@@ -95,6 +97,11 @@ def message_html(msg: dict, avatars: dict, *, last: bool = False, streaming: boo
         head.append('<span class="ch-tag ch-tag-stop">stopped</span>')
     if preview and role == "assistant":
         head.append('<span class="ch-tag">new chat</span>')
+    if msg.get("waiting"):
+        head.append('<span class="ch-tag ch-tag-wait">waiting</span>')
+    if streaming and stop_id:
+        head.append(f'<button class="ch-btn ch-stop-one" data-act="stop-member" data-id="{esc(stop_id)}" '
+                    f'title="Stop {esc(msg.get("persona_name") or "")}\'s reply">Stop</button>')
     count = msg.get("sibling_count", 1) or 1
     if count > 1 and not streaming:
         idx = msg.get("sibling_index", 0)
@@ -108,7 +115,9 @@ def message_html(msg: dict, avatars: dict, *, last: bool = False, streaming: boo
             + "</span>"
         )
     body = markdown_html(msg.get("content", ""))
-    if streaming:
+    if streaming and msg.get("waiting"):
+        body = ""
+    elif streaming:
         body += '<span class="ch-cursor"></span>'
     elif role == "assistant" and not msg.get("content"):
         body = '<p class="ch-empty">(no text)</p>'
@@ -118,10 +127,16 @@ def message_html(msg: dict, avatars: dict, *, last: bool = False, streaming: boo
         parts.append(_button("edit", mid, "Edit", "Edit this message"))
         if last and role == "assistant" and not meta.get("greeting"):
             parts.append(_button("regen", mid, "Regenerate", "Write another version of this reply"))
-        parts.append(_button("delete", mid, "Delete", "Delete this message and the replies below it"))
+        if msg.get("in_group") and role == "assistant":  # the other members' replies stay
+            parts.append(_button("delete", mid, "Delete", "Delete this reply (the replies after it stay)",
+                                 ' data-confirm="Delete this reply? The replies after it stay."'))
+        else:
+            parts.append(_button("delete", mid, "Delete", "Delete this message and the replies below it"))
         tools = '<div class="ch-tools">' + "".join(parts) + "</div>"
     raw = f'<textarea class="ch-raw" hidden>{esc(msg.get("content", ""))}</textarea>' if tools else ""
     warn = f'<div class="ch-warn">{esc(meta["warning"])}</div>' if meta.get("warning") else ""
+    if meta.get("error") and role == "assistant":  # a reply cut short (say, the engine server went away): kept, marked
+        warn += f'<div class="ch-warn">Cut short: {esc(meta["error"])}</div>'
     if meta.get("thinking"):  # a reasoning model's thought (core.thinking): kept, shown collapsed
         warn += f'<details class="ch-thinking"><summary>Thinking</summary><pre>{esc(meta["thinking"])}</pre></details>'
     return (
@@ -133,21 +148,28 @@ def message_html(msg: dict, avatars: dict, *, last: bool = False, streaming: boo
     )
 
 
-def transcript_html(messages: list[dict], avatars: dict, *, streaming: dict | None = None,
-                    notice: str = "", preview: bool = False, rendered: list[str] | None = None) -> str:
-    """The whole shown branch; `rendered` is the cached HTML of `messages` while streaming."""
+def transcript_html(messages: list[dict], avatars: dict, *, streaming: dict | list[dict] | None = None,
+                    notice: str = "", preview: bool = False, rendered: list[str] | None = None,
+                    together: bool = False, placeholder: str = "") -> str:
+    """The whole shown branch; `rendered` is the cached HTML of `messages` while streaming.
+
+    `streaming` is the reply being written, or a group round's replies being written (or
+    waiting their turn), each with its own Stop; `together` shows those side by side."""
     if rendered is None:
         rendered = [
             message_html(m, avatars, last=(i == len(messages) - 1), preview=preview)
             for i, m in enumerate(messages)
         ]
     parts = list(rendered)
-    if streaming is not None:
+    if isinstance(streaming, dict):
         parts.append(message_html(streaming, avatars, streaming=True))
+    elif streaming:
+        live = "".join(message_html(r, avatars, streaming=True, stop_id=r.get("persona_id")) for r in streaming)
+        parts.append(f'<div class="ch-live{" ch-live-together" if together else ""}">{live}</div>')
     if notice:
         parts.append(f'<div class="ch-notice">{esc(notice)}</div>')
     if not parts:
-        parts.append('<div class="ch-placeholder">Pick a persona and say hello.</div>')
+        parts.append(f'<div class="ch-placeholder">{esc(placeholder or "Pick a persona and say hello.")}</div>')
     return '<div class="ch-transcript">' + "".join(parts) + "</div>"
 
 
@@ -179,13 +201,35 @@ def active_persona_html(persona: dict | None, avatar: str | None) -> str:
     )
 
 
-def conversation_list_html(conversations: list[dict], current: str | None) -> str:
+def active_group_html(members: list[dict], avatars: dict, mode_label: str) -> str:
+    """The header of a group chat: its members' avatars and names, and how they reply."""
+    if not members:
+        return '<div class="ch-active ch-active-group">Group chat: every member has been deleted</div>'
+    faces = "".join(avatar_html(p["name"], avatars.get(p["id"]), "md") for p in members)
+    names = ", ".join(esc(p["name"]) for p in members)
+    return (
+        f'<div class="ch-active ch-active-group" data-group="1"><span class="ch-faces">{faces}</span>'
+        f'<div><div class="ch-active-name">Group chat with <b>{names}</b></div>'
+        f'<div class="ch-card-line">Replies {esc(mode_label)}</div></div></div>'
+    )
+
+
+def conversation_list_html(conversations: list[dict], current: str | None, names: dict | None = None) -> str:
+    """`names` maps persona ids to names, for group chats' members (a deleted member keeps
+    the name it spoke under)."""
+    names_by_id = names or {}
     rows = []
     for c in conversations:
         if not c.get("message_count"):
             continue
         on = " ch-conv-on" if c["id"] == current else ""
-        names = ", ".join(c.get("personas") or []) or "no replies yet"
+        if c.get("members"):
+            spoken = c.get("personas") or []
+            members = [names_by_id.get(pid) for pid in c["members"] if names_by_id.get(pid)]
+            members += [n for n in spoken if n not in members]
+            names = "Group: " + ", ".join(members)
+        else:
+            names = ", ".join(c.get("personas") or []) or "no replies yet"
         rows.append(
             f'<button class="ch-conv{on}" data-act="open" data-id="{esc(c["id"])}">'
             f'<span class="ch-conv-title">{esc(c.get("title") or "Untitled")}</span>'

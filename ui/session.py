@@ -27,6 +27,7 @@ class Sessions:
         self._busy: dict[str, int] = {}
         self._switches: dict[str, dict] = {}  # session -> its last persona switch
         self._shown: dict[str, str | None] = {}  # session -> the persona it shows
+        self._members: dict[str, dict[str, threading.Event]] = {}  # session -> a group round's per-member flags
 
     def begin(self, session: str) -> threading.Event:
         """A fresh stop flag for a reply this session is about to stream."""
@@ -36,11 +37,29 @@ class Sessions:
             self._busy[session] = self._busy.get(session, 0) + 1
             return event
 
+    def begin_group(self, session: str, member_ids: list[str]) -> tuple[threading.Event, dict[str, threading.Event]]:
+        """Stop flags for a group round: the session's (Stop stops every member) and one per member."""
+        event = self.begin(session)
+        members = {pid: threading.Event() for pid in member_ids}
+        with self._lock:
+            self._members[session] = members
+        return event, members
+
+    def stop_member(self, session: str, persona_id: str) -> bool:
+        """Stop one member's reply in this session's group round; True if it was part of one."""
+        with self._lock:
+            event = self._members.get(session, {}).get(persona_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
     def end(self, session: str, event: threading.Event) -> None:
         with self._lock:
             self._busy[session] = max(0, self._busy.get(session, 1) - 1)
             if self._stops.get(session) is event and not self._busy[session]:
                 del self._stops[session]
+                self._members.pop(session, None)
             if not self._busy[session]:
                 del self._busy[session]
 
@@ -52,6 +71,9 @@ class Sessions:
         """Ask this session's reply to stop after the current token; True if one was running."""
         with self._lock:
             event = self._stops.get(session)
+            members = list(self._members.get(session, {}).values())
+        for flag in members:
+            flag.set()
         if event is None:
             return False
         event.set()

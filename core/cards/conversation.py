@@ -61,11 +61,16 @@ def _speaker(m: dict[str, Any]) -> str:
     return str(m.get("persona_name") or "Assistant")
 
 
-def conversation_to_markdown(title: str, messages: list[dict[str, Any]]) -> str:
-    """A readable transcript: a title, then each message under its speaker's bold name and time."""
+def conversation_to_markdown(title: str, messages: list[dict[str, Any]], *, members: list[str] | None = None,
+                             mode: str | None = None) -> str:
+    """A readable transcript: a title, then each message under its speaker's bold name and time.
+    A group chat's `members` (display names) and reply `mode` are named under the title."""
     _check(messages)
     title = " ".join((title or "Conversation").split())
     out = [f"# {_md(title)}", ""]
+    if members:
+        line = "Group chat: " + ", ".join(_md(" ".join(n.split())) for n in members)
+        out += [line + (f" (replies {_md(mode)})" if mode else ""), ""]
     for m in messages:
         when = format_time(m.get("created"))
         speaker = _md(" ".join(_speaker(m).split()))
@@ -86,8 +91,10 @@ def openai_name(display: str) -> str:
     return name[:64].rstrip("_") or "persona"
 
 
-def conversation_to_openai_jsonl(messages: list[dict[str, Any]], *, include_metadata: bool = True) -> str:
-    """The conversation as one OpenAI chat line (ending in a newline); "" when there are no messages."""
+def conversation_to_openai_jsonl(messages: list[dict[str, Any]], *, include_metadata: bool = True,
+                                 group: dict[str, Any] | None = None) -> str:
+    """The conversation as one OpenAI chat line (ending in a newline); "" when there are no messages.
+    `group` ({members: [{persona_id, persona_name}], mode}) goes into the metadata of a group chat."""
     _check(messages)
     if not messages:
         return ""
@@ -111,4 +118,6 @@ def conversation_to_openai_jsonl(messages: list[dict[str, Any]], *, include_meta
     line: dict[str, Any] = {"messages": out}
     if include_metadata:
         line["metadata"] = {"source": "chorus", "personas": personas}
+        if group:
+            line["metadata"]["group"] = group
     return json.dumps(line, ensure_ascii=False) + "\n"
