@@ -24,7 +24,24 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     common.add_argument("--max-resident-adapters", type=int, default=default(8), help="how many persona adapters stay loaded at once (default 8)")
     common.add_argument("--context-limit", type=int, default=default(None), help="tokens of context a reply sees (default 4096, "
                         "or less if the model has less); a shorter one needs less memory")
+    common.add_argument("--engine", default=default(None), metavar="URL", help="generate on an OpenAI-compatible server (vLLM, "
+                        "or another Chorus's serve) at URL instead of this machine; --model names the base model it serves (docs/scale-out.md)")
+    common.add_argument("--engine-api-key", default=default(None), help="key the --engine server requires (or set CHORUS_ENGINE_API_KEY, "
+                        "which `ps` does not show)")
+    common.add_argument("--engine-adapter-dir", default=default(None), metavar="DIR", help="folder where persona adapters are "
+                        "published for the --engine server; it must see the folder at the same path")
     return common
+
+
+def _listening(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Where the server listens and the API's keys: on the page's command and on `serve`
+    (SUPPRESS there, so `app.py --port N serve` and `app.py serve --port N` both work)."""
+    default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
+    parser.add_argument("--host", default=default("127.0.0.1"), help="address to listen on (default 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=default(7860), help="port for the web UI and the API at /v1 (default 7860)")
+    parser.add_argument("--api-key", default=default(None), help="key the API at /v1 requires (Authorization: Bearer KEY); "
+                        "optional on 127.0.0.1, required on any other --host")
+    parser.add_argument("--api-key-file", default=default(None), help="file of API keys, one a line, instead of or beside --api-key")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,11 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Chorus: chat with personas that share one local language model.",
         parents=[_common(suppress=False)],
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port for the web UI (default 7860)")
+    _listening(parser, suppress=False)
     parser.add_argument("--auth", default=None, help="USER:PASS required when --host is not a loopback address")
     parser.add_argument("--auth-file", default=None, help="file of user:pass lines (one login each), instead of or beside --auth")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="the OpenAI-compatible API at /v1 alone, without the page",
+                       description="Serve the OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions) "
+                       "without the web page; nothing is printed on stdout. Off this machine an API key is required. See docs/api.md.")
+    _listening(p, suppress=True)
+    p.add_argument("--allow-adapter-loading", default=None, metavar="DIR", help="take LoRA adapters at run time, as vLLM does "
+                   "(POST /v1/load_lora_adapter, or a model name found as DIR/<name>/), from folders inside DIR only; off by default")
 
     p = sub.add_parser("personas", parents=[common], help="list personas")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -143,10 +166,10 @@ class _ReplyPrinter:
 
 def cmd_chat(args) -> int:
     from core.engine import GenerationSettings
-    from core.runtime import Runtime, RuntimeOptions
+    from core.runtime import Runtime, RuntimeOptions, engine_options
 
     runtime = Runtime(RuntimeOptions(model=args.model, max_resident_adapters=args.max_resident_adapters,
-                                     context_limit=args.context_limit))
+                                     context_limit=args.context_limit, **engine_options(args)))
     persona = runtime.store.personas.find(args.persona)
     settings = GenerationSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
     if args.conversation:
@@ -204,8 +227,14 @@ def cmd_train(args) -> int:
     return train_command(args)
 
 
-def cmd_serve(args) -> int:
+def cmd_page(args) -> int:
     from ui.server import serve
+
+    return serve(args)
+
+
+def cmd_serve(args) -> int:
+    from api.server import serve
 
     return serve(args)
 
@@ -221,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         from storage.paths import chorus_home
 
         args.model = remembered_model(chorus_home())
-        if args.model and args.command in (None, "chat", "train", "import"):
+        if args.model and args.command in (None, "chat", "train", "import", "serve"):
             print(f"Using {args.model}, the model last chosen on the page (--model overrides it).", file=sys.stderr)
 
     handlers = {
@@ -232,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         "export": cmd_export,
         "export-conversation": cmd_export_conversation,
         "train": cmd_train,
-        None: cmd_serve,
+        "serve": cmd_serve,
+        None: cmd_page,
     }
     try:
         return handlers[args.command](args)

@@ -131,7 +131,8 @@ def test_app_starts_on_the_remembered_model_unless_model_is_given(chorus_home, m
     import app
 
     seen = []
-    monkeypatch.setattr(app, "cmd_serve", lambda args: seen.append(args.model) or 0)
+    monkeypatch.setattr(app, "cmd_page", lambda args: seen.append(("page", args.model)) or 0)
+    monkeypatch.setattr(app, "cmd_serve", lambda args: seen.append(("serve", args.model)) or 0)
     remember_model(chorus_home, "org/remembered")
-    assert app.main([]) == 0 and app.main(["--model", "org/given"]) == 0
-    assert seen == ["org/remembered", "org/given"]
+    assert app.main([]) == 0 and app.main(["--model", "org/given"]) == 0 and app.main(["serve"]) == 0
+    assert seen == [("page", "org/remembered"), ("page", "org/given"), ("serve", "org/remembered")]

@@ -1,24 +1,22 @@
-"""Starting the web UI: the bind address rules, the background model load, the launch."""
+"""Starting the web UI with the API beside it: the bind address rules, the background
+model load, one server for both.
+
+This is the launcher that wires the two faces (neither imports the other): the page is a
+Gradio app mounted at `/` on the API's FastAPI app, whose `/v1` routes come first. The
+page's logins (--auth, --auth-file) guard the page only; the API has its own keys
+(api/auth.py): off localhost it needs one, also when the page has logins.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from pathlib import Path
 
+from api.auth import ApiKeys, is_loopback
 from core.errors import ChorusError
-from core.runtime import Runtime, RuntimeOptions
+from core.runtime import Runtime, RuntimeOptions, engine_options
 
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+__all__ = ["is_loopback", "logins", "serve", "start_message"]
 
 
 def parse_auth(value: str | None) -> list[tuple[str, str]] | None:
@@ -72,16 +70,25 @@ def serve(args) -> int:
             f"Listening on {args.host} would let other machines reach your chats. "
             "Add --auth USER:PASS or --auth-file PATH to require a login, or leave out --host to stay on 127.0.0.1."
         )
-    runtime = Runtime(RuntimeOptions(model=args.model, max_resident_adapters=args.max_resident_adapters))
+    keys = ApiKeys.from_args(args)
+    from api import server as api_server
+
+    sock = api_server.bind(args.host, args.port)
+    runtime = Runtime(RuntimeOptions(model=args.model, max_resident_adapters=args.max_resident_adapters,
+                                     context_limit=getattr(args, "context_limit", None), **engine_options(args)))
     runtime.load_in_background()
     runtime.watch_training()
+    import gradio as gr
+
+    from api.app import create_app
     from ui.page import build, launch_options
 
     demo = build(runtime)
-    print(start_message(args.host, args.port, auth), file=sys.stderr, flush=True)
-    demo.queue(default_concurrency_limit=8).launch(
-        server_name=args.host, server_port=args.port, auth=auth, inbrowser=False, show_error=False,
-        quiet=True,  # Gradio's own "Running on ..." banner goes to stdout; ours above is on stderr
-        **launch_options(runtime),
-    )
+    demo.queue(default_concurrency_limit=8)
+    app = create_app(runtime, keys)  # its /v1 routes are matched before the page's mount at /
+    gr.mount_gradio_app(app, demo, path="/", server_name=args.host, server_port=args.port, auth=auth,
+                        show_error=False, **launch_options(runtime))
+    print(f"{start_message(args.host, args.port, auth)} {api_server.api_message(args.host, args.port, keys)}",
+          file=sys.stderr, flush=True)
+    api_server.run(app, sock)
     return 0
