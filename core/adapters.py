@@ -187,6 +187,22 @@ def check_compatible(spec: AdapterSpec, shapes: dict, info: ModelInfo) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    check_base(spec, info)
+    if spec.target_modules not in (["all-linear"],):
+        for target in spec.target_modules:
+            if len(spec.target_modules) == 1 and any(c in target for c in "^$*|()[]\\"):
+                if not any(re.fullmatch(target, n) for n in shapes):
+                    raise AdapterIncompatible(f"The adapter's target pattern '{target}' matches no module of '{info.name}'.")
+            elif not any(n == target or n.endswith("." + target) for n in shapes):
+                raise AdapterIncompatible(
+                    f"The adapter targets the module '{target}', which '{info.name}' ({info.architecture}) does not have."
+                )
+    return _checked_tensors(spec, shapes, info, load_file, SafetensorError)
+
+
+def check_base(spec: AdapterSpec, info: ModelInfo) -> None:
+    """The checks that need only the base model's description, not its modules: the base
+    it was made for (fingerprint and name), its architecture and vocabulary size."""
     if spec.base_fingerprint and spec.base_fingerprint != info.fingerprint:
         raise AdapterIncompatible(
             f"The adapter was trained on a different base model ('{spec.base_model or 'unknown'}', fingerprint "
@@ -202,15 +218,9 @@ def check_compatible(spec: AdapterSpec, shapes: dict, info: ModelInfo) -> dict:
         if want is not None and str(want) != str(have):
             raise AdapterIncompatible(f"The adapter expects {key} {want}, but the running model has {have}.")
 
-    if spec.target_modules not in (["all-linear"],):
-        for target in spec.target_modules:
-            if len(spec.target_modules) == 1 and any(c in target for c in "^$*|()[]\\"):
-                if not any(re.fullmatch(target, n) for n in shapes):
-                    raise AdapterIncompatible(f"The adapter's target pattern '{target}' matches no module of '{info.name}'.")
-            elif not any(n == target or n.endswith("." + target) for n in shapes):
-                raise AdapterIncompatible(
-                    f"The adapter targets the module '{target}', which '{info.name}' ({info.architecture}) does not have."
-                )
+
+def _checked_tensors(spec: AdapterSpec, shapes: dict, info: ModelInfo, load_file, SafetensorError) -> dict:
+    """The adapter's tensors, each checked against the module it is for."""
     try:
         tensors = load_file(str(spec.folder / WEIGHTS), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.chat import ChatService
-from core.engine import Engine
+from core.engine import Engine, EngineBackend
 from core.errors import ChorusError
 from core.logs import quiet_libraries
 from core.model_catalog import remember_model, same_model
@@ -49,6 +50,18 @@ class RuntimeOptions:
     max_resident_adapters: int = 8
     quantize: bool = True  # NF4; False loads bf16 (for comparisons)
     context_limit: int | None = None
+    # A remote engine server (vLLM, or another Chorus's `serve`) instead of the local engine;
+    # docs/scale-out.md. None: the local NF4 engine.
+    engine_url: str | None = None
+    engine_api_key: str | None = None  # never printed nor logged
+    engine_adapter_dir: str | None = None  # where adapters are published; the server reads the same path
+
+
+def engine_options(args) -> dict:
+    """The engine backend options of a parsed command line (app.py), for RuntimeOptions."""
+    return {"engine_url": getattr(args, "engine", None),
+            "engine_api_key": getattr(args, "engine_api_key", None) or os.environ.get("CHORUS_ENGINE_API_KEY") or None,
+            "engine_adapter_dir": getattr(args, "engine_adapter_dir", None)}
 
 
 class Runtime:
@@ -92,12 +105,20 @@ class Runtime:
             self._start_waiting()
         return self._chat
 
-    def _load_engine(self, spec: str | None) -> Engine:
+    def _load_engine(self, spec: str | None) -> "EngineBackend":
         self._note("Preparing the model...")
         # Download byte counts go to the page (its loading message is the last note), not to
         # stderr, where the hub draws its own bar.
         source = resolve_model(spec, self.store.home, self._note, download_report=self.progress.append,
                                context_limit=self.options.context_limit)
+        if self.options.engine_url:
+            from core.engine.remote import RemoteEngine
+
+            self._note(f"Connecting to the engine server at {self.options.engine_url} (it serves {source.name})...")
+            return RemoteEngine.connect(self.options.engine_url, source, api_key=self.options.engine_api_key,
+                                        adapter_dir=self.options.engine_adapter_dir,
+                                        max_resident=self.options.max_resident_adapters,
+                                        context_limit=self.options.context_limit)
         self._note(f"Loading {source.name} ({'NF4 4-bit' if self.options.quantize else 'bf16'})...")
         return Engine.load(
             source,
@@ -106,7 +127,7 @@ class Runtime:
             context_limit=self.options.context_limit,
         )
 
-    def _install(self, engine: Engine) -> None:
+    def _install(self, engine: "EngineBackend") -> None:
         """Serve `engine`: a chat service on it, and the training service moved onto it."""
         self._chat = ChatService(self.store, engine)
         with self._waiting_lock:
@@ -116,7 +137,12 @@ class Runtime:
                 self._training = training
             else:  # the same service (it knows the workers it started); new runs train on the new model
                 self._training.serve_on(engine)
-        self._note(f"Model ready: {engine.info.name}, {engine.info.quantization}, {engine.info.footprint_mb} MB.")
+        where = engine.status()
+        if where.get("backend") == "remote":  # the server holds the weights
+            self._note(f"Model ready: {engine.info.name}, served by {where['server_kind']} at {where['server']} "
+                       f"(adapters: {where['adapter_mode']}).")
+        else:
+            self._note(f"Model ready: {engine.info.name}, {engine.info.quantization}, {engine.info.footprint_mb} MB.")
 
     # switching the model while the app runs ------------------------------------------------
 
@@ -186,12 +212,9 @@ class Runtime:
             self._start_waiting()
 
     @staticmethod
-    def _wait_idle(engine: Engine) -> None:
+    def _wait_idle(engine: "EngineBackend") -> None:
         """Let a reply in progress on `engine` finish (new ones cannot start: its chat service is gone)."""
-        # The engine's generation lock is held for the whole of a reply: taking it once
-        # means none is running.
-        if engine._lock.acquire(timeout=SWITCH_WAIT_S):
-            engine._lock.release()
+        engine.idle(SWITCH_WAIT_S)
 
     @staticmethod
     def _release_memory() -> None:

@@ -33,13 +33,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a folder's entries to the disk (where the system allows it)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -92,7 +95,7 @@ class AdapterFiles:
                 if dest.exists():  # leftover of a crash between rename and commit
                     shutil.rmtree(dest)
                 os.rename(tmp, dest)
-                _fsync_dir(dest_parent)
+                fsync_path(dest_parent)
                 adapter_id = db["adapters"].insert(
                     {
                         "persona_id": persona_id,

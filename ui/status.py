@@ -59,14 +59,22 @@ def status_html(runtime, persona_names: dict[str, str] | None = None, user_switc
         )
     info = runtime.chat.engine.status()
     resident = [names.get(pid, pid) for pid in info.get("resident_adapters") or []]
-    parts = [
-        f"<b>{esc(info.get('name'))}</b>",
-        f"family {esc(info.get('model_type'))}",
-        esc(info.get("quantization")),
-        esc(info.get("device")),
-        f"{esc(info.get('footprint_mb'))} MB",
-        f"adapters: {esc(', '.join(resident)) if resident else 'none loaded'}",
-    ]
+    if info.get("backend") == "remote":  # core/engine/remote.py: the weights are on the server
+        parts = [
+            f"<b>{esc(info.get('name'))}</b>",
+            f"family {esc(info.get('model_type'))}",
+            f"remote engine: {esc(info.get('server_kind'))} at {esc(info.get('server'))}, base {esc(info.get('served_model'))}",
+            f"adapters on the server: {esc(', '.join(resident)) if resident else 'none yet'}",
+        ]
+    else:
+        parts = [
+            f"<b>{esc(info.get('name'))}</b>",
+            f"family {esc(info.get('model_type'))}",
+            esc(info.get("quantization")),
+            esc(info.get("device")),
+            f"{esc(info.get('footprint_mb'))} MB",
+            f"adapters: {esc(', '.join(resident)) if resident else 'none loaded'}",
+        ]
     parts.append(switch_text(user_switch, info.get("last_switch") or {}, names))
     gen = info.get("last_generation") or {}
     if gen.get("tok_s"):

@@ -3,7 +3,12 @@
 `base` holds the interface the services use and the types they exchange (no torch);
 `local` is the NF4 engine in this process, with its adapter slots (`adapter_pool`,
 `adapter_io`), lean LoRA forwards (`lora_fast`), decode attention (`attention`) and the
-hooks it sets on the model (`model_hooks`).
+hooks it sets on the model (`model_hooks`); `remote` is the same interface served by an
+OpenAI-compatible server (vLLM, or another Chorus), which it reaches over HTTP
+(`remote_http`) and hands adapters through a shared folder (`publish`, `remote_adapters`).
+Every local reply goes through the `scheduler`, which decodes the requests waiting for the
+model as one batch (`decode`: the batched prefill and steps; `sampling`: each row's own
+sampling settings and seed).
 """
 
 from core.engine.base import DEFAULT_CONTEXT_LIMIT, AdapterRef, EngineBackend, GenerationSettings

@@ -68,6 +68,7 @@ class EngineBackend(Protocol):
     concurrent calls are decoded together where the backend can batch them."""
 
     tokenizer: object
+    info: object  # core.loader.ModelInfo: the base model's name, folder, fingerprint, family
     context_limit: int
 
     def stream(self, input_ids: list[int], adapter: AdapterRef | None, settings: GenerationSettings,
@@ -76,6 +77,8 @@ class EngineBackend(Protocol):
     def generate(self, input_ids, adapter, settings, stop=None) -> str: ...
 
     def prompt_budget(self, max_new_tokens: int) -> int: ...
+
+    def idle(self, timeout: float | None = None) -> bool: ...  # no reply runs or waits (False: timed out)
 
     def check_adapter(self, folder: Path, expected_sha256: str | None = None): ...
 
