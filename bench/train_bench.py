@@ -11,8 +11,11 @@ during training. Uses the worker process and TrainingService exactly as the app 
 
 "Trained tokens" are the non-padding tokens of the training batches (prompt and reply:
 everything that goes through forward and backward), per second of the training stage
-with the held-out evaluations in it left out. Peak RSS is the worker's `ru_maxrss` over
-the whole run (loading, evaluations, training, samples). With `--no-chat` nothing else
+with the held-out evaluations in it left out. Peak RSS is the worker's own VmHWM over
+the whole run (loading, evaluations, training, samples), reset at its start: `ru_maxrss`
+would count the peak of the process that spawned it (core/training/memory.py).
+`CHORUS_MMAP_THRESHOLD=off` in the environment leaves glibc's mmap threshold dynamic
+(the worker fixes it at 4 MB; a number sets another), for a like-for-like comparison. With `--no-chat` nothing else
 runs while it trains: use it for the tokens/s and memory figures.
 """
 

@@ -246,19 +246,21 @@ def activation_bytes_per_token(model_config, *, checkpointing: bool, dropout: bo
     decoder with NF4 layers and fp32 LoRA on all linear layers (the output head and loss are
     chunked, core/training/loss.py, so the vocabulary does not count).
 
-    Per layer: about 50 bytes per hidden unit (bf16 activations of attention and the fp32
-    norms, ~26 x hidden; peft's fp32 copy of each LoRA input, 4 bytes x 6 inputs of hidden
-    width) and 16 per MLP unit (bf16 MLP activations, 12; the down projection's LoRA input,
-    4). LoRA dropout adds its output and mask to each LoRA input: 5 more bytes per unit.
-    Measured on SmolLM2-135M (hidden 576, MLP 1536, 30 layers), peak RSS over micro-batches
-    of 2 and 4 x 192 tokens: 1.33 MB per token without dropout (this gives 1.6), 3.0 with
-    0.05 (this gives 2.35; 2.4 measured at micro-batch 8). With gradient checkpointing each
-    layer keeps only its bf16 input and one layer's activations exist at a time.
+    Per layer, without LoRA dropout: about 32 bytes per hidden unit (bf16 activations of
+    attention and the fp32 norms) and 14 per MLP unit (bf16 MLP activations); LoRA keeps
+    only its small rank-r activations, since core/training/lora_memory.py reuses the layer's
+    bf16 input instead of peft's fp32 copy of it. Measured on SmolLM2-135M (hidden 576, MLP
+    1536, 30 layers), the rise in peak RSS from micro-batches of 4 to 8 x 192 tokens: 1.07 MB
+    per token (less with the worker's fixed mmap threshold, core/training/memory.py);
+    this gives 1.2. LoRA dropout sends peft's own forward, with its fp32 copies, the dropout
+    output and mask: 80 per hidden unit and 21 per MLP unit (measured 3.0 MB per token, this
+    gives 2.35; 2.4 measured at micro-batch 8). With gradient checkpointing each layer keeps
+    only its bf16 input and one layer's activations exist at a time.
     """
     hidden = int(getattr(model_config, "hidden_size"))
     mlp = int(getattr(model_config, "intermediate_size", None) or 4 * hidden)
     layers = int(getattr(model_config, "num_hidden_layers"))
-    per_layer = (80 if dropout else 50) * hidden + (21 if dropout else 16) * mlp
+    per_layer = (80 if dropout else 32) * hidden + (21 if dropout else 14) * mlp
     return layers * 2 * hidden + per_layer if checkpointing else layers * per_layer
 
 

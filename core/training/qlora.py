@@ -131,6 +131,8 @@ def add_lora(model, config, *, gradient_checkpointing: bool):
     targets are the model's own module names (`lora_targets`)."""
     from peft import LoraConfig, get_peft_model
 
+    from core.training import lora_memory
+
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -143,6 +145,7 @@ def add_lora(model, config, *, gradient_checkpointing: bool):
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lora)
+    lora_memory.install(peft_model)  # the fp32 copy of every layer input is not kept
     peft_model.train()
     return peft_model
 

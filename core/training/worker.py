@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -44,6 +43,7 @@ from functools import partial
 from pathlib import Path
 
 from core.errors import ChorusError, ExportInvalid
+from core.training.memory import peak_rss_mb
 from storage.store import Store
 
 MIN_EXAMPLES = 4  # fewer training examples than this cannot show a voice
@@ -89,7 +89,8 @@ def _stage(store: Store, run_id: str, stage: str) -> None:
     from core.training.runner import hold_point
 
     store.training.update(run_id, config={"stage": stage})
-    print(f"[{run_id}] {stage}", flush=True)
+    # the peak so far, in the log: which stage sets a run's peak memory
+    print(f"[{run_id}] {stage} (peak RSS so far {peak_rss_mb():.0f} MB)", flush=True)
     hold_point(stage, lambda: _cancelling(store, run_id))
     if _cancelling(store, run_id):
         raise Cancelled()
@@ -280,7 +281,7 @@ def _pipeline(store: Store, run_id: str) -> str:
             **{k: out[k] for k in ("step", "train_loss", "resumed_from")},
             "kept_step": kept["step"],
             "train_seconds": round(train_s, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": peak_rss_mb(),
         },
     }
     (tmp / "training_config.json").write_text(json.dumps(full_config, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -405,7 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m core.training.worker RUN_ID", file=sys.stderr)
         return 2
     from core.logs import quiet_libraries
+    from core.training import memory
 
+    memory.reset_peak()
+    if os.environ.get("CHORUS_MMAP_THRESHOLD") != "off":
+        memory.return_large_frees_at_once(int(os.environ.get("CHORUS_MMAP_THRESHOLD") or memory.MMAP_THRESHOLD))
     quiet_libraries()
     store = Store()
     try:
