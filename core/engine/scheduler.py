@@ -102,10 +102,12 @@ class Scheduler:
             return self._cond.wait_for(lambda: not self._waiting and not self._running and self._thread is None, timeout)
 
     def wait_for_leave(self, timeout: float) -> bool:
-        """If rows are being decoded (and so may hold slots), wait until one leaves or
-        `timeout` passes and return True; False at once when none runs."""
+        """If rows are being decoded or admitted (and so may hold slots), wait until one
+        leaves or `timeout` passes and return True; False at once when the decode thread
+        is not running. (While the first rows are prefilled they hold their slots and are
+        not counted as running yet: a request then must wait, not fail.)"""
         with self._cond:
-            if not self._running:
+            if not self._running and self._thread is None:
                 return False
             self._cond.wait(timeout)
             return True
