@@ -133,9 +133,7 @@ def create_router(runtime, keys: ApiKeys, adapters=None) -> APIRouter:
             return StreamingResponse(events(gen, stop, request, meta, req.include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            async with contextlib.aclosing(_pieces(gen, stop, request)) as pieces:
-                async for _ in pieces:
-                    pass
+            await _drain(gen, stop, request)
         except ChorusError as exc:
             return _response(ApiError(500, str(exc), "server_error"))
         if chat:
@@ -200,6 +198,26 @@ async def _pieces(gen, stop: threading.Event, request: Request):
         watcher.cancel()
         with anyio.CancelScope(shield=True):  # also when cancelled: the row must leave the engine
             await anyio.to_thread.run_sync(it.close)
+
+
+async def _drain(gen, stop: threading.Event, request: Request) -> None:
+    """Run the whole reply in one worker thread (a reply that is not streamed): one hand-off
+    instead of one per token, which with 8 clients cost 0.8 s of a 7 s batch."""
+    watcher = asyncio.ensure_future(_watch(request, stop))
+    try:
+        await anyio.to_thread.run_sync(_consume, gen)  # not abandoned when cancelled: `stop` ends the row
+    finally:
+        stop.set()
+        watcher.cancel()
+
+
+def _consume(gen) -> None:
+    it = iter(gen)
+    try:
+        for _ in it:
+            pass
+    finally:
+        it.close()
 
 
 def _sse(obj) -> str:

@@ -1,8 +1,10 @@
 """The models bench/run.py sets beside the Chorus engine: a bare NF4 base with no LoRA
 wrappers at all, and stock peft. Each is its own NF4 copy loaded by core.loader (so all
 decode with the attention of core/engine/attention.py) and gets the model hooks Chorus's engine
-gives its model: the CPU-thread policy (`DecodeThreads`) and the dense head input
-(`_dense_head_input`, a forward pre-hook on lm_head); and the attention the engine ended up
+gives its model: the CPU-thread policy (`DecodeThreads`), the dense head input
+(`_dense_head_input`, a forward pre-hook on lm_head) and the 4-bit layers' CPU forwards
+(`Cpu4bit`: the fused kernel called directly, bf16 copies where timed faster, with the same
+budget and the figures the engine cached); and the attention the engine ended up
 with (its start-up self-check may fall back to transformers' sdpa). The head hook can be switched off
 (`head_hook`) to time stock peft as it ships.
 """
@@ -13,6 +15,7 @@ import contextlib
 import time
 
 from core.device import on_model
+from core.engine import cpu_4bit
 from core.engine.model_hooks import DecodeThreads, _dense_head_input
 
 
@@ -23,6 +26,7 @@ class Bare:
         from core.loader import load_base
 
         self.model, self.tok, self.info = load_base(source)
+        self.cpu_4bit = cpu_4bit.Cpu4bit().install(self.model, cpu_4bit.budget_bytes(), (threads.decode, threads.prefill))
         if attn and self.model.config._attn_implementation != attn:
             # the engine's self-check may have turned its decode attention off on this machine
             self.model.set_attn_implementation(attn)

@@ -5,7 +5,7 @@
 Prints one JSON object (docs/performance.md says what each key means; its `notes` say what
 the labelled variants are). Three NF4 copies of the same model, each loaded by core.loader
 (so all decode with the attention of core/engine/attention.py) and each with the engine's model
-hooks (CPU-thread policy, dense head input): the Chorus engine; stock peft with the same
+hooks (CPU-thread policy, dense head input, the 4-bit layers' CPU forwards): the Chorus engine; stock peft with the same
 rank-16 adapters on all linear layers; and a bare base with no LoRA wrappers at all.
 `*_peft` keys are stock peft with those hooks (like for like); `*_peft_nohook` keys are
 stock peft without the head hook, as it ships. Same prompt, greedy decoding. Decode and
@@ -45,7 +45,7 @@ WEIGHTS = "adapter_model.safetensors"
 NOTES = {
     "ratios": "every ratio is the median of ratios taken within interleaved rounds (`*_rounds` lists them)",
     "peft": "`*_peft`: stock peft on its own NF4 copy with the same model hooks as Chorus (CPU-thread policy, "
-            "dense lm_head input); `*_peft_nohook`: the same without the head-input hook, as stock peft ships",
+            "dense lm_head input, the 4-bit layers' CPU forwards); `*_peft_nohook`: the same without the head-input hook, as stock peft ships",
     "base": "`base`: Chorus's model with its LoRA wrappers installed and no adapter active; `base_unwrapped`: "
             "a separate NF4 copy with no LoRA wrappers at all (same loader and hooks)",
     "cold_load": "`_page_cache`: the evicted adapter read back while its files are in the page cache; `_disk`: "

@@ -18,6 +18,12 @@ if str(ROOT) not in sys.path:
 
 CACHE = Path(os.environ.get("CHORUS_TEST_CACHE", Path.home() / ".cache" / "chorus-tests"))
 
+# Engines in the tests (in this process and in the servers it starts) run bitsandbytes' own
+# 4-bit kernels, not bf16 copies chosen by timing: on the tiny random models the timing is a
+# coin toss, and two engines that chose differently would give near-tie tokens differently
+# (random weights make near-ties common). tests/test_cpu_4bit.py turns the copies on.
+os.environ["CHORUS_DENSE_WEIGHTS"] = "off"
+
 
 @pytest.fixture(autouse=True)
 def chorus_home(tmp_path, monkeypatch):
@@ -101,8 +107,8 @@ def tiny_engine_factory(tiny_model_dir):
 
     quiet_libraries()
 
-    def make(max_resident: int = 8):
-        return Engine.load(ModelSource("tiny-llama", tiny_model_dir), max_resident=max_resident)
+    def make(max_resident: int = 8, **options):
+        return Engine.load(ModelSource("tiny-llama", tiny_model_dir), max_resident=max_resident, **options)
 
     return make
 
@@ -110,6 +116,13 @@ def tiny_engine_factory(tiny_model_dir):
 @pytest.fixture
 def tiny_engine(tiny_engine_factory):
     return tiny_engine_factory()
+
+
+@pytest.fixture
+def stock_kernels_engine(tiny_engine_factory):
+    """The engine on bitsandbytes' own 4-bit kernels only (no bf16 copies of the weights,
+    core/engine/cpu_4bit.py): for comparisons with stock peft on its own NF4 copy."""
+    return tiny_engine_factory(dense_budget=0)
 
 
 # CI runs property tests derandomized so that a run is repeatable; locally they explore.

@@ -134,8 +134,18 @@ def assert_same_row(row, solo):
     return compared
 
 
-def test_concurrent_streams_on_different_personas_form_one_batch_and_match_their_solo_replies(make_engine, tiny_adapters):
-    engine = make_engine()
+@pytest.mark.parametrize("kernels", ["4-bit", "bf16 copies"])
+def test_concurrent_streams_on_different_personas_form_one_batch_and_match_their_solo_replies(make_engine, tiny_adapters,
+                                                                                            kernels, monkeypatch):
+    if kernels == "bf16 copies":  # decode steps and prompts on the copies (core/engine/cpu_4bit.py)
+        from core.engine import cpu_4bit
+
+        timed = {r: {"bnb_ms": 2.0, "dense_ms": 1.0} for r in cpu_4bit.SHAPES}
+        monkeypatch.setattr(cpu_4bit, "_time_regimes", lambda layers, copies, threads: timed)
+        engine = make_engine(dense_budget=2**30)
+        assert engine.cpu_4bit.regimes == {"decode": True, "prompt": True}
+    else:
+        engine = make_engine()
     adapters = refs(tiny_adapters)
     alone = [run_request(engine, p, a, greedy(), trace=True) for p, a in zip(PROMPTS, adapters)]
     results = [{} for _ in adapters]
@@ -423,3 +433,31 @@ def test_rows_sampled_together_draw_what_each_draws_alone():
         together = choose([RowSampler(s, (0,)) for s in settings], ids, logits.clone(), [step] * len(settings))
         assert together == solo
         assert step >= 4 or solo[4] != 0  # min_new_tokens holds off end of text (token 0) for 4 tokens
+
+
+def test_requests_sent_together_to_an_idle_engine_share_one_prefill(make_engine, tiny_adapters, monkeypatch):
+    from core.engine import decode, scheduler
+
+    monkeypatch.setattr(scheduler, "QUIET", 0.05)  # the behaviour, with room for a loaded machine
+    monkeypatch.setattr(scheduler, "LINGER", 0.5)
+    engine = make_engine()
+    for r in refs(tiny_adapters):
+        if r is not None:
+            engine.ensure_adapter(r)  # resident: nothing read from disk between the submits
+    prefills = []
+    real = decode.Decoder.prefill
+    monkeypatch.setattr(decode.Decoder, "prefill", lambda self, rows, *a: prefills.append(len(rows)) or real(self, rows, *a))
+    adapters = refs(tiny_adapters)
+    results = [{} for _ in adapters]
+    barrier = threading.Barrier(len(adapters))
+
+    def chat(i):
+        barrier.wait()
+        engine.generate(PROMPTS[i], adapters[i], greedy(4), result=results[i])
+
+    threads = [threading.Thread(target=chat, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert prefills == [4] and all(r["batch"] == 4 for r in results)

@@ -206,13 +206,13 @@ def test_replacing_an_adapter_while_it_answers_is_safe(tiny_engine, tiny_adapter
     assert tiny_engine.generate(PROMPT, new, greedy(n=30)) == solo_new
 
 
-def test_fast_switching_gives_the_same_tokens_as_stock_peft(tiny_engine, tiny_model_dir, tiny_adapters):
+def test_fast_switching_gives_the_same_tokens_as_stock_peft(stock_kernels_engine, tiny_model_dir, tiny_adapters):
     from peft import PeftModel
 
     from core.loader import load_base
     from core.model_source import ModelSource
 
-    ours = {n: tiny_engine.generate(PROMPT, ref(n, tiny_adapters[n]) if n else None, greedy(n=20)) for n in ("a", "b", None, "a")}
+    ours = {n: stock_kernels_engine.generate(PROMPT, ref(n, tiny_adapters[n]) if n else None, greedy(n=20)) for n in ("a", "b", None, "a")}
     model, tok, _ = load_base(ModelSource("tiny-llama", tiny_model_dir))
     stock = PeftModel.from_pretrained(model, str(tiny_adapters["a"]), adapter_name="a")
     stock.load_adapter(str(tiny_adapters["b"]), adapter_name="b")

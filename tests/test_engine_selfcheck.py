@@ -17,7 +17,7 @@ def greedy(n=12):
 
 def test_the_fast_paths_pass_the_self_check_here_in_a_few_ms(tiny_engine):
     fast = tiny_engine.status()["fast_paths"]
-    assert fast["ok"] and fast["summary"] == "on" and fast["off"] == {}
+    assert fast["ok"] and fast["summary"].startswith("on; 4-bit layers: ") and fast["off"] == {}
     assert fast["ms"] < 250  # a few ms on a quiet machine; generous for a busy one
     assert tiny_engine.pool.fast.vector is True
 

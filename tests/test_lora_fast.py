@@ -72,25 +72,25 @@ def scaled_adapters(tiny_model_dir, tmp_path_factory):
     }
 
 
-def test_lean_forward_matches_stock_peft_bitwise_where_the_kernels_are_the_same(tiny_engine, tiny_model_dir, scaled_adapters):
+def test_lean_forward_matches_stock_peft_bitwise_where_the_kernels_are_the_same(stock_kernels_engine, tiny_model_dir, scaled_adapters):
     stock, _ = stock_model(tiny_model_dir, scaled_adapters)
     ids = torch.tensor([PROMPT])
     for name, folder in scaled_adapters.items():
-        slot = tiny_engine.ensure_adapter(ref(name, folder))
-        tiny_engine.pool.activate(slot)
+        slot = stock_kernels_engine.ensure_adapter(ref(name, folder))
+        stock_kernels_engine.pool.activate(slot)
         stock.set_adapter(name)
-        ours, theirs = step_logits(tiny_engine.model, ids), step_logits(stock, ids)
+        ours, theirs = step_logits(stock_kernels_engine.model, ids), step_logits(stock, ids)
         assert torch.equal(ours[0], theirs[0]), name  # the prompt: F.linear on peft's shapes
         assert_within_bf16_rounding(ours, theirs)  # decode steps: torch.mv, another kernel
-        tiny_engine.pool.fast.use_vector(False)  # the reference path: F.linear for one token too
+        stock_kernels_engine.pool.fast.use_vector(False)  # the reference path: F.linear for one token too
         try:
-            assert torch.equal(step_logits(tiny_engine.model, ids), theirs), name
+            assert torch.equal(step_logits(stock_kernels_engine.model, ids), theirs), name
         finally:
-            tiny_engine.pool.fast.use_vector(True)
-    tiny_engine.pool.activate(None)
+            stock_kernels_engine.pool.fast.use_vector(True)
+    stock_kernels_engine.pool.activate(None)
     with stock.disable_adapter():
-        assert torch.equal(step_logits(tiny_engine.model, ids), step_logits(stock, ids))
-    layer = tiny_engine.model.model.layers[0].self_attn.q_proj
+        assert torch.equal(step_logits(stock_kernels_engine.model, ids), step_logits(stock, ids))
+    layer = stock_kernels_engine.model.model.layers[0].self_attn.q_proj
     assert "_chorus" in layer.__dict__  # the lean forward is what ran
 
 
@@ -125,15 +125,15 @@ def test_the_self_check_bound_catches_a_kernel_that_is_off():
         lora_fast._mv = real
 
 
-def test_rows_match_peft_mixed_batches_within_bf16_rounding(tiny_engine, tiny_model_dir, tiny_adapters):
+def test_rows_match_peft_mixed_batches_within_bf16_rounding(stock_kernels_engine, tiny_model_dir, tiny_adapters):
     stock, tok = stock_model(tiny_model_dir, tiny_adapters)
     names = ["a", None, "c", "a"]
-    slots = [tiny_engine.ensure_adapter(ref(n, tiny_adapters[n])) if n else None for n in names]
+    slots = [stock_kernels_engine.ensure_adapter(ref(n, tiny_adapters[n])) if n else None for n in names]
     ids = torch.tensor([PROMPT] * 4)
-    tiny_engine.pool.activate(None)
-    with torch.inference_mode(), tiny_engine.pool.rows(slots) as lean:
+    stock_kernels_engine.pool.activate(None)
+    with torch.inference_mode(), stock_kernels_engine.pool.rows(slots) as lean:
         assert lean
-        ours = step_logits(tiny_engine.model, ids)
+        ours = step_logits(stock_kernels_engine.model, ids)
     theirs = step_logits(stock, ids, adapter_names=[n or "__base__" for n in names])
     assert_within_bf16_rounding(ours, theirs)  # per-row products against per-adapter sub-batches
 
@@ -246,7 +246,7 @@ def test_creating_and_refilling_slots_leaves_the_packed_base_weights_alone(tiny_
 
     fresh, _, _ = load_base(ModelSource("tiny-llama", tiny_model_dir))
     ids = torch.tensor([PROMPT])
-    engine = tiny_engine_factory(max_resident=2)
+    engine = tiny_engine_factory(max_resident=2, dense_budget=0)  # bitsandbytes' kernels, as `fresh` runs
     engine.generate(PROMPT, None, greedy(2))  # packs the weights
     for n in ("a", "b", "c", "a"):  # creates two slots, then refills them
         engine.generate(PROMPT, ref(n, tiny_adapters[n]), greedy(2))

@@ -35,7 +35,9 @@ from typing import Iterator
 from core.adapters import AdapterSpec, DigestCache, check_compatible, inspect_adapter, module_shapes
 from core.device import model_device
 from core.engine.adapter_io import WeightsFile, checked_key, layout_of
+from core.engine import cpu_4bit
 from core.engine.adapter_pool import AdapterPool
+from core.engine.cpu_4bit import Cpu4bit
 from core.engine.base import DEFAULT_CONTEXT_LIMIT, AdapterRef, GenerationSettings
 from core.engine.model_hooks import DecodeThreads, _dense_head_input, default_threads
 from core.engine.scheduler import Request, Scheduler, SlotsBusy
@@ -68,6 +70,7 @@ class Engine:
         threads: tuple[int, int] | None = None,
         max_batch: int = 8,  # rows decoded together at most
         kv_budget_bytes: int = 512 * 2**20,  # key/value cache the rows of a batch may take (a lone row always runs)
+        dense_budget: int | None = None,  # bytes of bf16 weight copies (core/engine/cpu_4bit.py); None: its default
     ):
         if max_resident < 1:
             raise ChorusError("--max-resident-adapters must be at least 1.")
@@ -93,6 +96,9 @@ class Engine:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is not None:
             head.register_forward_pre_hook(_dense_head_input)
+        # Before any forward: bitsandbytes repacks its weights at the first one.
+        self.cpu_4bit = Cpu4bit().install(model, dense_budget if dense_budget is not None else cpu_4bit.budget_bytes(),
+                                          (decode, prompt))
         self.fast_paths = self._self_check()
         self._info = info.as_dict()
         self._snapshot: dict = {}
@@ -104,7 +110,7 @@ class Engine:
     @classmethod
     def load(cls, source: ModelSource, *, max_resident: int = 8, quantize: bool = True, context_limit=None,
              **options) -> "Engine":
-        """options: max_batch, kv_budget_bytes, threads (see __init__)."""
+        """options: max_batch, kv_budget_bytes, threads, dense_budget (see __init__)."""
         model, tokenizer, info = load_base(source, quantize=quantize, context_limit=context_limit)
         return cls(model, tokenizer, info, max_resident=max_resident, context_limit=context_limit, **options)
 
@@ -144,9 +150,10 @@ class Engine:
         finally:
             torch.set_num_threads(before)
         summary = "on" if not off else "off (self-check: " + "; ".join(off.values()) + ")"
+        summary += f"; 4-bit layers: {self.cpu_4bit.summary}"
         if declined:
             summary += " (declined: " + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in declined.items()) + ")"
-        return {"ok": not off, "summary": summary, "off": off, "declined": declined,
+        return {"ok": not off, "summary": summary, "off": off, "declined": declined, "cpu_4bit": self.cpu_4bit.as_dict(),
                 "ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     # adapters --------------------------------------------------------------

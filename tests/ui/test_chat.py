@@ -33,7 +33,7 @@ def test_reply_streams_token_by_token_and_html_does_not_run(chat_page):
     # The engine streams word by word; a random-weight model can emit a long run with no
     # space (shown in one piece), so try a few seeds until a reply has several words.
     for attempt, seed in enumerate((7, 8, 9)):
-        chat_page.set_sampling(max_new_tokens=48, seed=seed, temperature=1.0)
+        chat_page.set_sampling(max_new_tokens=160, seed=seed, temperature=1.0)  # long enough to watch it stream
         chat_page.send("Hi <img src=x onerror='window.__xss=1'> **bold** <script>window.__xss=2</script>", wait=False)
         seen = chat_page.watch_streaming()
         chat_page.wait_done(2 + attempt)
@@ -106,7 +106,8 @@ def test_stop_keeps_the_partial_reply(chat_page):
     last = chat_page.last()
     expect(last.locator(".ch-tag-stop")).to_be_visible()
     _, text = chat_page.replies()[-1]
-    assert text.strip().startswith(partial[:5]) and len(text) < 2000 * 4
+    shown = last.locator(".ch-body").inner_text().strip()  # rendered, as `partial` was (text is the markdown source)
+    assert shown.startswith(partial[:5]) and len(text) < 2000 * 4
 
 
 def test_regenerate_keeps_a_sibling_to_swipe(chat_page):
