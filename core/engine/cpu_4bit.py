@@ -101,13 +101,16 @@ class Cpu4bit:
         if not layers:
             self.summary = "not used (no 4-bit layers on the CPU)"
             return self
-        key = _cache_key(layers, threads)
-        cached = _load_cache().get(key)  # this machine's figures from an earlier start
-        if cached is not None and not any(_decide(cached).values()):
-            self.timings, self.regimes = cached, _decide(cached)
-            copies, why_not = None, f"bf16 copies off (not {1 - MARGIN:.0%} faster than the 4-bit kernel: {_timed(cached)})"
-        else:
-            copies, why_not = self._copies(layers, budget)  # before any forward repacks the weights
+        why_not = _refusal(layers, budget)  # before the cache: no CPU probe or file read when off
+        key = cached = copies = None
+        if why_not is None:
+            key = _cache_key(layers, threads)
+            cached = _load_cache().get(key)  # this machine's figures from an earlier start
+            if cached is not None and not any(_decide(cached).values()):
+                self.timings, self.regimes = cached, _decide(cached)
+                why_not = f"bf16 copies off (not {1 - MARGIN:.0%} faster than the 4-bit kernel: {_timed(cached)})"
+            else:
+                copies = {m: _dequantized(m) for m in layers}  # before any forward repacks the weights
         direct = _Direct.available()
         for m in layers:
             m._chorus_plan, m._chorus_dense = self, None
@@ -121,18 +124,6 @@ class Cpu4bit:
         dense = why_not or self._dense(copies, sample, threads, key, cached)
         self.summary = ("fused kernel called directly; " if self.direct else "") + dense
         return self
-
-    @staticmethod
-    def _copies(layers, budget):
-        """({layer: bf16 weight}, None), or (None, why not)."""
-        if budget is None:
-            return None, "bf16 copies off (CHORUS_DENSE_WEIGHTS must be 'off' or a number of MB)"
-        need = sum(m.out_features * m.in_features * 2 for m in layers)
-        if need > budget:
-            return None, f"bf16 copies off (they would take {need / 2**20:.0f} MB, over the {budget / 2**20:.0f} MB budget)"
-        if any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers):
-            return None, "bf16 copies off (the 4-bit weights were already repacked by a forward)"
-        return {m: _dequantized(m) for m in layers}, None
 
     def _dense(self, copies, sample, threads, key, cached) -> str:
         layers = list(copies)
@@ -162,6 +153,18 @@ class Cpu4bit:
     def as_dict(self) -> dict:
         return {"summary": self.summary, "direct": self.direct, "regimes": dict(self.regimes),
                 "mb": round(self.bytes / 2**20, 1), "timings": {r: dict(t) for r, t in self.timings.items()}}
+
+
+def _refusal(layers, budget) -> str | None:
+    """Why no bf16 copies can be made (a bad setting, over the budget, already repacked), or None."""
+    if budget is None:
+        return "bf16 copies off (CHORUS_DENSE_WEIGHTS must be 'off' or a number of MB)"
+    need = sum(m.out_features * m.in_features * 2 for m in layers)
+    if need > budget:
+        return f"bf16 copies off (they would take {need / 2**20:.0f} MB, over the {budget / 2**20:.0f} MB budget)"
+    if any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers):
+        return "bf16 copies off (the 4-bit weights were already repacked by a forward)"
+    return None
 
 
 def _decide(t: dict) -> dict:
@@ -229,7 +232,7 @@ def _save_cache(key: str, timings: dict) -> None:
 
 def _check_direct(layers) -> bool:
     """The direct call against bitsandbytes' forward (which repacks the weights first): the
-    same kernel on the same shapes, so bitwise, at one row and at a prompt's."""
+    same kernel on the same shapes, so bitwise, at each timed shape."""
     with torch.no_grad():
         for layer in layers:
             for shape in SHAPES.values():

@@ -37,7 +37,6 @@ from core.device import model_device
 from core.engine.adapter_io import WeightsFile, checked_key, layout_of
 from core.engine import cpu_4bit
 from core.engine.adapter_pool import AdapterPool
-from core.engine.cpu_4bit import Cpu4bit
 from core.engine.base import DEFAULT_CONTEXT_LIMIT, AdapterRef, GenerationSettings
 from core.engine.model_hooks import DecodeThreads, _dense_head_input, default_threads
 from core.engine.scheduler import Request, Scheduler, SlotsBusy
@@ -97,7 +96,7 @@ class Engine:
         if head is not None:
             head.register_forward_pre_hook(_dense_head_input)
         # Before any forward: bitsandbytes repacks its weights at the first one.
-        self.cpu_4bit = Cpu4bit().install(model, dense_budget if dense_budget is not None else cpu_4bit.budget_bytes(),
+        self.cpu_4bit = cpu_4bit.Cpu4bit().install(model, dense_budget if dense_budget is not None else cpu_4bit.budget_bytes(),
                                           (decode, prompt))
         self.fast_paths = self._self_check()
         self._info = info.as_dict()
