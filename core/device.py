@@ -45,3 +45,37 @@ def on_model(model, data, dtype=None):
     if isinstance(data, torch.Tensor):
         return data.to(device=device, dtype=dtype) if dtype is not None else data.to(device)
     return torch.tensor(data, dtype=dtype or torch.long, device=device)
+
+
+DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
+
+
+def training_dtype(device: str):
+    """The dtype a training run computes in on `device`: bf16 on CUDA and on CPUs with
+    bf16 matrix support (AVX512: torch's oneDNN path), fp32 elsewhere.
+
+    On an AVX2-only CPU torch has no fast bf16 matmul: a 720 x 576 x 1536 matmul took
+    147 ms in bf16 against 31 ms in fp32 (AMD EPYC with AVX2 only, 2026-12-07), and a
+    training step of SmolLM2-135M ran at 5 trained tokens/s instead of 200. fp32 there
+    doubles the activations (the micro-batch plan accounts for it) and keeps the weights
+    in NF4. `CHORUS_TRAIN_DTYPE=bf16|fp32` forces one."""
+    import torch
+
+    forced = os.environ.get("CHORUS_TRAIN_DTYPE", "").strip().lower()
+    if forced:
+        if forced not in DTYPES:
+            raise ChorusError(f"CHORUS_TRAIN_DTYPE={forced!r} is not one of {', '.join(DTYPES)}; unset it or pick one.")
+        return getattr(torch, DTYPES[forced])
+    if device == "cuda" or cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether torch runs bf16 matmuls on this CPU through oneDNN (AVX512 and newer)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

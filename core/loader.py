@@ -93,7 +93,11 @@ class ModelInfo:
         return asdict(self)
 
 
-def nf4_config():
+def _short(dtype) -> str:
+    return {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}.get(str(dtype).removeprefix("torch."), str(dtype))
+
+
+def nf4_config(compute_dtype=None):
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -101,21 +105,25 @@ def nf4_config():
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16,
     )
 
 
-def load_base(source: ModelSource, *, quantize: bool = True, device: str | None = None, context_limit: int | None = None):
+def load_base(source: ModelSource, *, quantize: bool = True, device: str | None = None, context_limit: int | None = None,
+              dtype=None):
     """Load `source` in NF4 (or bf16 with quantize=False), after checking that it fits with
-    `context_limit` tokens of KV cache (4096 if None). Returns (model, tokenizer, ModelInfo)."""
+    `context_limit` tokens of KV cache (4096 if None). `dtype` (default bf16) is what the
+    weights that stay unquantized and the 4-bit matmuls compute in (training picks fp32 on
+    CPUs without fast bf16: core.device.training_dtype). Returns (model, tokenizer, ModelInfo)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or pick_device()
+    dtype = dtype or torch.bfloat16
     t0 = time.perf_counter()
-    kwargs = {"dtype": torch.bfloat16, "device_map": {"": 0} if device == "cuda" else "cpu"}
+    kwargs = {"dtype": dtype, "device_map": {"": 0} if device == "cuda" else "cpu"}
     if quantize:
-        kwargs["quantization_config"] = nf4_config()
+        kwargs["quantization_config"] = nf4_config(dtype)
     try:
         # Refuse a model that would not fit before loading it (core/memory_fit.py).
         from core.memory_fit import check_fits
@@ -128,6 +136,10 @@ def load_base(source: ModelSource, *, quantize: bool = True, device: str | None 
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"Could not load the model '{source.name}' from {source.path}: {exc}") from None
     model.eval()
+    if quantize:  # the few bf16 weights left in the file's map would keep all of it resident
+        from core.file_backed import own_file_backed_weights
+
+        own_file_backed_weights(model)
     from core.engine import attention
 
     attention.use(model)  # one-token steps on the CPU: fp32 matmuls instead of the flash kernel
@@ -142,7 +154,7 @@ def load_base(source: ModelSource, *, quantize: bool = True, device: str | None 
         fingerprint=config_fingerprint(cfg),
         vocab_size=int(cfg.vocab_size),
         context_length=int(getattr(cfg, "max_position_embeddings", 2048) or 2048),
-        quantization="NF4 4-bit (double quant, bf16 compute)" if quantize else "bf16",
+        quantization=f"NF4 4-bit (double quant, {_short(dtype)} compute)" if quantize else _short(dtype),
         device=device,
         footprint_mb=round(model.get_memory_footprint() / 1e6, 1),
         load_s=round(time.perf_counter() - t0, 2),

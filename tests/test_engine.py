@@ -268,6 +268,8 @@ def test_alpha_is_rederived_when_a_slot_is_refilled(tiny_engine_factory, tiny_mo
 def test_group_decoding_matches_peft_mixed_batches(tiny_engine, tiny_model_dir, tiny_adapters):
     from peft import PeftModel
 
+    from tests.test_batching import run_request, same_reply
+
     from core.loader import load_base
     from core.model_source import ModelSource
 
@@ -286,7 +288,11 @@ def test_group_decoding_matches_peft_mixed_batches(tiny_engine, tiny_model_dir, 
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     out = stock.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False, repetition_penalty=1.1,
                          pad_token_id=tok.pad_token_id, adapter_names=[n or "__base__" for n in names])
-    assert ours == [tok.decode(row[width:], skip_special_tokens=True) for row in out]
-    assert ours == [tiny_engine.generate(p, r, greedy(n=10)) for p, r in requests]  # as each persona alone
+    theirs = [tok.decode(row[width:], skip_special_tokens=True) for row in out]
+    # Other kernels (peft's batch, each row alone) agree up to a near-tie of the random
+    # model's flat logits (tests/rounding.py), all the way where there is none.
+    alone = [run_request(tiny_engine, p, r, greedy(n=10), trace=True) for p, r in requests]
+    assert all(same_reply(tiny_engine, text, solo) for text, solo in zip(ours, alone)), (ours, [r.text for r in alone])
+    assert all(same_reply(tiny_engine, text, solo) for text, solo in zip(theirs, alone)), (theirs, [r.text for r in alone])
     with pytest.raises(Exception, match="greedy"):
         tiny_engine.generate_group(requests, sampled(1))

@@ -255,13 +255,19 @@ def activation_bytes_per_token(model_config, *, checkpointing: bool, dropout: bo
     this gives 1.2. LoRA dropout sends peft's own forward, with its fp32 copies, the dropout
     output and mask: 80 per hidden unit and 21 per MLP unit (measured 3.0 MB per token, this
     gives 2.35; 2.4 measured at micro-batch 8). With gradient checkpointing each layer keeps
-    only its bf16 input and one layer's activations exist at a time.
+    only its bf16 input and one layer's activations exist at a time. Since the norms, the
+    MLP's activation and the attention weights are recomputed (core/training/lean_blocks.py,
+    attention.py) a forward keeps about a quarter less than this says: the estimate errs
+    on the safe side, towards smaller micro-batches.
     """
     hidden = int(getattr(model_config, "hidden_size"))
     mlp = int(getattr(model_config, "intermediate_size", None) or 4 * hidden)
     layers = int(getattr(model_config, "num_hidden_layers"))
     per_layer = (80 if dropout else 32) * hidden + (21 if dropout else 14) * mlp
-    return layers * 2 * hidden + per_layer if checkpointing else layers * per_layer
+    kept = layers * 2 * hidden + per_layer if checkpointing else layers * per_layer
+    # A model loaded in fp32 (core.device.training_dtype on CPUs without fast bf16) keeps
+    # its activations at twice the bytes; the parts already in fp32 make this err safe.
+    return kept * 2 if str(getattr(model_config, "dtype", "")).endswith("float32") else kept
 
 
 def micro_batch_for(batch: int, seq_len: int, per_token: int, budget_mb: int) -> int:

@@ -116,3 +116,50 @@ def test_phi3_trains_through_the_service_and_its_persona_speaks(tokenizer_dir, c
     conv = chat.start_conversation(persona["id"])
     events = list(chat.send(conv["id"], persona["id"], "Who are you?", GenerationSettings(max_new_tokens=4, seed=1)))
     assert events[-1].message["meta"]["adapter_sha256"] == adapter["sha256"]
+
+
+def _loss_and_grads(model, batch):
+    from core.training.loss import loss_sum
+
+    model.zero_grad(set_to_none=True)
+    kept = {}
+
+    def pack(t):
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        total, n = loss_sum(model, batch)
+    (total / n).backward()
+    return total.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}, sum(kept.values())
+
+
+def test_recomputed_norms_and_mlp_activation_change_no_bit(family, family_dir, monkeypatch):
+    """core/training/lean_blocks.py: the norms and the gated MLP's activation are recomputed
+    in the backward pass with the same ops on the same inputs, so the loss and every LoRA
+    gradient are bitwise those of the family's own forward, and less is kept. In bf16, the
+    dtype whose norms keep an fp32 copy (fp32 runs keep none to save; CPUs without fast
+    bf16 train in fp32, core.device.training_dtype)."""
+    monkeypatch.setenv("CHORUS_TRAIN_DTYPE", "bf16")
+    model, tok, _ = load_for_training(source_for(family_dir))
+    torch.manual_seed(0)
+    model = add_lora(model, TrainConfig(rank=4, alpha=8, dropout=0.0), gradient_checkpointing=False)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    recomputed = [m for m in model.modules() if getattr(m, "_chorus_recompute", False)]
+    layers = model.get_base_model().config.num_hidden_layers
+    assert len(recomputed) >= 2 * layers + 1  # two norms per layer and the final one, at least
+    batch = Collator(tok.pad_token_id)(encode_all(tok, "You are Mara.", EXAMPLES, 64).items)
+    loss, grads, kept = _loss_and_grads(model, batch)
+    for m in recomputed:
+        del m.forward  # the family's own forward again
+    ref_loss, ref_grads, ref_kept = _loss_and_grads(model, batch)
+    assert torch.equal(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        assert torch.equal(grads[k], ref_grads[k]), k
+    # at least the two norms' fp32 copies of each layer's input, less the bf16 input kept instead
+    hidden = model.get_base_model().config.hidden_size
+    assert ref_kept - kept >= 2 * layers * batch["input_ids"].numel() * hidden * 2, (ref_kept, kept)
