@@ -116,11 +116,12 @@ def submit_together(engine, jobs, trace=False):
     return reqs
 
 
-def assert_same_row(row, solo):
+def assert_same_row(row, solo, at_least=1):
     """`row` (decoded in a batch) against `solo` (alone): logits within bf16 rounding while
     both have the same history; tokens equal while the logits were the same bits, and for
     greedy rows at every step but a near-tie of the solo run (tests/rounding.py), where
     other kernels may rightly take the other token: the rows then go separate ways.
+    At least `at_least` tokens are compared, unless a greedy solo run began at a near-tie.
     Returns the steps whose tokens were compared."""
     greedy_row = row.settings.temperature == 0
     seen = list(solo.ids)
@@ -135,6 +136,7 @@ def assert_same_row(row, solo):
         assert t_ours == t_theirs
         seen.append(t_theirs)
         compared += 1
+    assert compared >= at_least or (greedy_row and near_tie(solo.trace[0], solo.ids, solo.settings.repetition_penalty))
     if compared == len(solo.tokens):
         assert row.tokens == solo.tokens and row.text == solo.text
     return compared
@@ -235,7 +237,9 @@ def test_a_row_stopped_mid_batch_leaves_and_the_others_finish_unchanged(make_eng
         row = reqs[i]
         row.text = texts[i]
         assert row.result["finish_reason"] == "length" and len(row.tokens) == 40 and row.result["batch"] == 4
-        assert_same_row(row, alone[i])  # the same draws while the logits are the same bits
+        # Logits within bf16 rounding of the row alone, the same draws while they are the same
+        # bits; a batch's kernels may change the bits from the first step on some CPUs.
+        assert_same_row(row, alone[i], at_least=0)
 
 
 def test_stop_strings_end_the_reply_before_them_even_across_tokens(make_engine):
