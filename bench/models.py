@@ -22,10 +22,10 @@ from core.engine.model_hooks import DecodeThreads, _dense_head_input
 class Bare:
     """The base model as loaded: no peft, no LoRA wrappers, the engine's model hooks."""
 
-    def __init__(self, source, threads, attn: str | None = None):
+    def __init__(self, source, threads, attn: str | None = None, dtype=None):
         from core.loader import load_base
 
-        self.model, self.tok, self.info = load_base(source)
+        self.model, self.tok, self.info = load_base(source, dtype=dtype)  # the engine's compute dtype: like for like
         self.cpu_4bit = cpu_4bit.Cpu4bit().install(self.model, cpu_4bit.budget_bytes(), (threads.decode, threads.prefill))
         if attn and self.model.config._attn_implementation != attn:
             # the engine's self-check may have turned its decode attention off on this machine
@@ -80,10 +80,10 @@ class Stock(Bare):
     """Stock peft (`PeftModel.from_pretrained`, `load_adapter`, `set_adapter`,
     `disable_adapter()`, `adapter_names` mixed batches) on its own NF4 copy."""
 
-    def __init__(self, source, adapters, threads, attn: str | None = None):
+    def __init__(self, source, adapters, threads, attn: str | None = None, dtype=None):
         from peft import PeftModel
 
-        super().__init__(source, threads, attn)
+        super().__init__(source, threads, attn, dtype)
         self.peft = PeftModel.from_pretrained(self.model, str(adapters[0]), adapter_name="p0")
         for i, a in enumerate(adapters[1:4], start=1):
             self.peft.load_adapter(str(a), adapter_name=f"p{i}")

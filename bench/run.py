@@ -236,12 +236,13 @@ def measure(args, source, work: Path, log) -> dict:
 
     log("the bare base without LoRA wrappers: its own NF4 copy...")
     attn = engine.model.config._attn_implementation
-    bare = Bare(source, engine.threads, attn)
+    dtype = engine.model.get_input_embeddings().weight.dtype  # core/engine/compute_dtype.py's choice
+    bare = Bare(source, engine.threads, attn, dtype)
     bare.decode(ids, None, 4)  # warm-up
     stock = None
     if not args.skip_peft:
         log("stock peft: loading its own NF4 copy...")
-        stock = Stock(source, adapters, engine.threads, attn)
+        stock = Stock(source, adapters, engine.threads, attn, dtype)
         stock.decode(ids, "p0", 4)  # warm-up
         log("stock peft: resident switches...")
         peft_switch = []

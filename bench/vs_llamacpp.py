@@ -225,7 +225,9 @@ def chorus_side(source, adapter: Path, threads: int, args) -> dict:
             "prefill_tok_s": round(med(prefill), 1), "prompt_tokens": len(long_ids), "adapter_base_decode_ratio": ratio,
             "adapter_base_decode_ratio_rounds": per_round,
             "threads": {"decode": engine.threads.decode, "prefill": engine.threads.prefill},
-            "threads_seen": {k: sorted(v) for k, v in seen.items()}}
+            "threads_seen": {k: sorted(v) for k, v in seen.items()},
+            "quantization": engine.info.quantization,  # says the compute dtype chosen (core/engine/compute_dtype.py)
+            "fast_paths": engine.status()["fast_paths"]["summary"]}
 
 
 def compare(llama: dict, chorus: dict, gen: int, prompt: int) -> dict:

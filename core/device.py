@@ -61,14 +61,25 @@ def training_dtype(device: str):
     in NF4. `CHORUS_TRAIN_DTYPE=bf16|fp32` forces one."""
     import torch
 
-    forced = os.environ.get("CHORUS_TRAIN_DTYPE", "").strip().lower()
-    if forced:
-        if forced not in DTYPES:
-            raise ChorusError(f"CHORUS_TRAIN_DTYPE={forced!r} is not one of {', '.join(DTYPES)}; unset it or pick one.")
-        return getattr(torch, DTYPES[forced])
+    forced = forced_dtype("CHORUS_TRAIN_DTYPE")
+    if forced is not None:
+        return forced
     if device == "cuda" or cpu_has_fast_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def forced_dtype(variable: str):
+    """The dtype the environment variable `variable` names ("bf16" or "fp32"), or None when
+    it is unset; a ChorusError that lists the choices when it names something else."""
+    import torch
+
+    forced = os.environ.get(variable, "").strip().lower()
+    if not forced:
+        return None
+    if forced not in DTYPES:
+        raise ChorusError(f"{variable}={forced!r} is not one of {', '.join(DTYPES)}; unset it or pick one.")
+    return getattr(torch, DTYPES[forced])
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -130,7 +130,7 @@ def load_base(source: ModelSource, *, quantize: bool = True, device: str | None 
         from transformers import AutoConfig
 
         check_fits(AutoConfig.from_pretrained(str(source.path)), source.name, device=device,
-                   context=context_limit or 4096, quantize=quantize)
+                   context=context_limit or 4096, quantize=quantize, width=dtype.itemsize)
         tokenizer = AutoTokenizer.from_pretrained(str(source.path))
         model = AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
     except (OSError, ValueError) as exc:

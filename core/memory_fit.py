@@ -7,8 +7,9 @@ memory is used): every family's own modules are counted as they are (fused proje
 q/k/v biases, q/k norms, a tied or untied head), and the modules bitsandbytes leaves
 unquantized are the ones transformers' own quantizer skips (the output head, tied weights).
 
-    weights  = quantized linear weights at BITS_NF4 bits + everything else in bf16
-    kv cache = 2 (keys, values) x layers x kv heads x head_dim x context x bf16, per row;
+    weights  = quantized linear weights at BITS_NF4 bits + everything else in bf16 (fp32
+               where the engine computes in fp32: `width`)
+    kv cache = 2 (keys, values) x layers x kv heads x head_dim x context x width, per row;
                sliding-window layers hold at most their window
     overhead = one prompt pass's activations + the largest weight in bf16 while it is
                quantized during the load + headroom (HEADROOM_FRACTION, at least HEADROOM_MIN)
@@ -90,14 +91,15 @@ def _meta_model(config):
         return AutoModelForCausalLM.from_config(config)
 
 
-def _kv_per_token(config, context: int) -> int:
-    """Bytes of keys and values one token costs in every layer (bf16), sliding layers capped."""
+def _kv_per_token(config, context: int, width: int = BF16) -> int:
+    """Bytes of keys and values one token costs in every layer (`width` bytes a value: bf16
+    unless told), sliding layers capped."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     layers = int(text.num_hidden_layers)
     heads = int(text.num_attention_heads)
     kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
-    per_layer = 2 * kv_heads * head_dim * BF16
+    per_layer = 2 * kv_heads * head_dim * width
     window = getattr(text, "sliding_window", None)
     types = getattr(text, "layer_types", None) or []
     sliding = sum(1 for t in types if t == "sliding_attention") if window else 0
@@ -106,8 +108,10 @@ def _kv_per_token(config, context: int) -> int:
     return per_layer * full_tokens // max(context, 1)
 
 
-def estimate(config, *, context: int = 4096, rows: int = 1, quantize: bool = True, device: str = "cpu") -> MemoryEstimate:
-    """The memory `config`'s model needs loaded in NF4 (or bf16) with `rows` x `context` tokens of KV cache."""
+def estimate(config, *, context: int = 4096, rows: int = 1, quantize: bool = True, device: str = "cpu",
+             width: int = BF16) -> MemoryEstimate:
+    """The memory `config`'s model needs loaded in NF4 (or bf16) with `rows` x `context` tokens of KV cache;
+    `width`: the bytes of each unquantized value (weights, cache, activations): 2 for bf16, 4 for fp32."""
     import torch
     from transformers.quantizers.base import get_keys_to_not_convert
     from transformers.quantizers.quantizers_utils import should_convert_module
@@ -128,17 +132,17 @@ def estimate(config, *, context: int = 4096, rows: int = 1, quantize: bool = Tru
             if quantize and pname == "weight" and type(module) is torch.nn.Linear and should_convert_module(name, skip):
                 quantized += n
                 weights += n * BITS_NF4 / 8
-                largest = max(largest, n * BF16)
+                largest = max(largest, n * width)
             else:
-                weights += n * BF16
+                weights += n * width
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     context = min(int(context), int(getattr(text, "max_position_embeddings", context) or context))
-    kv_token = _kv_per_token(config, context)
+    kv_token = _kv_per_token(config, context, width)
     kv = kv_token * context * rows
-    # One prompt pass: a few hidden-state copies and the MLP's intermediate, bf16, plus the last
+    # One prompt pass: a few hidden-state copies and the MLP's intermediate, plus the last
     # position's logits in fp32 per row.
     hidden, inter = int(text.hidden_size), int(getattr(text, "intermediate_size", 4 * text.hidden_size))
-    acts = context * (4 * hidden + 3 * inter) * BF16 + rows * int(text.vocab_size) * 4
+    acts = context * (4 * hidden + 3 * inter) * width + rows * int(text.vocab_size) * 4
     headroom = max(int(HEADROOM_FRACTION * (weights + kv)), HEADROOM_MIN.get(device, HEADROOM_MIN["cpu"]))
     return MemoryEstimate(params=params, quantized_params=quantized, weights_bytes=int(weights), kv_bytes=kv,
                           kv_bytes_per_token=kv_token, context=context, rows=rows, activation_bytes=acts,
@@ -200,12 +204,12 @@ def _suggestion(config, name: str, est: MemoryEstimate, free: int, device: str) 
 
 
 def check_fits(config, name: str, *, device: str, context: int = 4096, rows: int = 1,
-               quantize: bool = True) -> MemoryEstimate | None:
+               quantize: bool = True, width: int = BF16) -> MemoryEstimate | None:
     """Estimate `config`'s model and raise ModelTooLarge (figures and a smaller suggestion) when
     the device has less free; returns the estimate otherwise (None when it cannot be made).
     CHORUS_MEMORY_CHECK=0 never refuses."""
     try:
-        est = estimate(config, context=context, rows=rows, quantize=quantize, device=device)
+        est = estimate(config, context=context, rows=rows, quantize=quantize, device=device, width=width)
     except Exception as exc:  # a config the meta build cannot take must not stop a load that may work
         log.warning("no memory estimate for %s (%s: %s); loading without the check", name, type(exc).__name__, exc)
         return None

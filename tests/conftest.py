@@ -23,6 +23,11 @@ CACHE = Path(os.environ.get("CHORUS_TEST_CACHE", Path.home() / ".cache" / "choru
 # coin toss, and two engines that chose differently would give near-tie tokens differently
 # (random weights make near-ties common). tests/test_cpu_4bit.py turns the copies on.
 os.environ["CHORUS_DENSE_WEIGHTS"] = "off"
+# Likewise the compute dtype (core/engine/compute_dtype.py): bf16, the dtype the tests'
+# reference models load in, unless a test asks for fp32 (tests/test_compute_dtype.py).
+os.environ["CHORUS_SERVE_DTYPE"] = "bf16"
+# And the decode attention against sdpa (core/engine/attention.py): Chorus's, untimed.
+os.environ["CHORUS_DECODE_ATTENTION"] = "on"
 
 
 @pytest.fixture(autouse=True)

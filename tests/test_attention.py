@@ -123,3 +123,36 @@ def test_the_loaded_model_decodes_with_it_and_stays_close_to_sdpa(tiny_model_dir
     assert len(used) == model.config.num_hidden_layers
     assert torch.equal(ours[0], theirs[0])  # the prompt ran transformers' sdpa both times
     assert torch.allclose(ours[1], theirs[1], atol=0.05, rtol=0)  # a decode step: bits may differ, values not
+
+
+def test_the_engine_keeps_the_decode_attention_only_where_it_timed_faster(tiny_model_dir, monkeypatch):
+    from core.errors import ChorusError
+    from core.loader import load_base
+
+    monkeypatch.delenv("CHORUS_DECODE_ATTENTION")
+    timed = {"ours_ms": 0.7, "sdpa_ms": 0.5}
+    monkeypatch.setattr(attention, "time_against_sdpa", lambda config, dtype, threads: timed)
+    model, _, _ = load_base(ModelSource("tiny-llama", tiny_model_dir))
+    choice = attention.keep_if_faster(model)
+    assert choice["used"] == "sdpa" and "sdpa timed faster here (0.50 vs 0.70 ms a layer)" in choice["why"]
+    assert model.config._attn_implementation == "sdpa"
+
+    timed.update(ours_ms=0.4)
+    model, _, _ = load_base(ModelSource("tiny-llama", tiny_model_dir))
+    assert attention.keep_if_faster(model)["used"] == "chorus" and model.config._attn_implementation == attention.NAME
+
+    monkeypatch.setattr(attention, "time_against_sdpa", lambda *a: pytest.fail("a forced choice is not timed"))
+    monkeypatch.setenv("CHORUS_DECODE_ATTENTION", "off")
+    assert attention.keep_if_faster(model)["used"] == "sdpa" and model.config._attn_implementation == "sdpa"
+    monkeypatch.setenv("CHORUS_DECODE_ATTENTION", "maybe")
+    with pytest.raises(ChorusError, match="not one of on, off"):
+        attention.keep_if_faster(model)
+
+
+def test_the_timing_runs_both_attentions_on_the_model_s_layout():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_size=576)
+    for dtype in (torch.bfloat16, torch.float32):
+        timed = attention.time_against_sdpa(config, dtype)
+        assert set(timed) == {"ours_ms", "sdpa_ms"} and timed["ours_ms"] > 0 and timed["sdpa_ms"] > 0

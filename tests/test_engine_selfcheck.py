@@ -66,3 +66,16 @@ def test_the_status_line_says_when_the_fast_paths_are_off(tiny_engine, monkeypat
     tiny_engine._publish()
     assert "fast paths: off (self-check: torch.mv and F.linear differ)" in status_html(runtime)
     assert torch.get_num_threads() >= 1
+
+
+def test_a_decode_attention_timed_slower_gives_way_to_sdpa_and_the_status_says_so(tiny_engine_factory, monkeypatch):
+    from core.engine import attention
+
+    monkeypatch.delenv("CHORUS_DECODE_ATTENTION")
+    monkeypatch.setattr(attention, "time_against_sdpa", lambda config, dtype, threads: {"ours_ms": 0.9, "sdpa_ms": 0.6})
+    engine = tiny_engine_factory()
+    fast = engine.status()["fast_paths"]
+    assert fast["ok"] and fast["attention"]["used"] == "sdpa"  # a timing, not a failed check
+    assert "decode attention: sdpa, transformers' sdpa timed faster here (0.60 vs 0.90 ms a layer)" in fast["summary"]
+    assert engine.model.config._attn_implementation == "sdpa"
+    assert engine.generate(PROMPT, None, greedy(4))

@@ -3,8 +3,8 @@
 `base` holds the interface the services use and the types they exchange (no torch);
 `local` is the NF4 engine in this process, with its adapter slots (`adapter_pool`,
 `adapter_io`), lean LoRA forwards (`lora_fast`), decode attention (`attention`), the CPU
-forwards of the base's 4-bit layers (`cpu_4bit`) and the hooks it sets on the model
-(`model_hooks`); `remote` is the same interface served by an
+forwards of the base's 4-bit layers (`cpu_4bit`), the dtype it computes in (`compute_dtype`)
+and the hooks it sets on the model (`model_hooks`); `remote` is the same interface served by an
 OpenAI-compatible server (vLLM, or another Chorus), which it reaches over HTTP
 (`remote_http`) and hands adapters through a shared folder (`publish`, `remote_adapters`).
 Every local reply goes through the `scheduler`, which decodes the requests waiting for the

@@ -108,7 +108,7 @@ class Cpu4bit:
             cached = _load_cache().get(key)  # this machine's figures from an earlier start
             if cached is not None and not any(_decide(cached).values()):
                 self.timings, self.regimes = cached, _decide(cached)
-                why_not = f"bf16 copies off (not {1 - MARGIN:.0%} faster than the 4-bit kernel: {_timed(cached)})"
+                why_not = f"{_names(layers)} copies off (not {1 - MARGIN:.0%} faster than the 4-bit kernel: {_timed(cached)})"
             else:
                 copies = {m: _dequantized(m) for m in layers}  # before any forward repacks the weights
         direct = _Direct.available()
@@ -130,19 +130,19 @@ class Cpu4bit:
         need = sum(w.numel() * w.element_size() for w in copies.values())
         why = _check(sample, copies)
         if why:
-            return f"bf16 copies off (self-check: {why})"
+            return f"{_names(layers)} copies off (self-check: {why})"
         self.timings = cached or _time_regimes(layers, copies, threads)
         if cached is None:
             _save_cache(key, self.timings)
         self.regimes = _decide(self.timings)
         timed = _timed(self.timings)
         if not any(self.regimes.values()):
-            return f"bf16 copies off (not {1 - MARGIN:.0%} faster than the 4-bit kernel: {timed})"
+            return f"{_names(layers)} copies off (not {1 - MARGIN:.0%} faster than the 4-bit kernel: {timed})"
         for m, w in copies.items():
             m._chorus_dense = w
         self.bytes = need
         used = [r for r, on in self.regimes.items() if on]
-        return f"bf16 copies for {', '.join(used)} ({need / 2**20:.0f} MB; copy vs 4-bit: {timed})"
+        return f"{_names(layers)} copies for {', '.join(used)} ({need / 2**20:.0f} MB; copy vs 4-bit: {timed})"
 
     def wants(self, x: torch.Tensor) -> bool:
         """Whether a call on `x` (rows, tokens, features) uses the copy: a decode step (one
@@ -156,14 +156,14 @@ class Cpu4bit:
 
 
 def _refusal(layers, budget) -> str | None:
-    """Why no bf16 copies can be made (a bad setting, over the budget, already repacked), or None."""
+    """Why no weight copies can be made (a bad setting, over the budget, already repacked), or None."""
     if budget is None:
-        return "bf16 copies off (CHORUS_DENSE_WEIGHTS must be 'off' or a number of MB)"
-    need = sum(m.out_features * m.in_features * 2 for m in layers)
+        return f"{_names(layers)} copies off (CHORUS_DENSE_WEIGHTS must be 'off' or a number of MB)"
+    need = sum(m.out_features * m.in_features * _dtype(m).itemsize for m in layers)
     if need > budget:
-        return f"bf16 copies off (they would take {need / 2**20:.0f} MB, over the {budget / 2**20:.0f} MB budget)"
+        return f"{_names(layers)} copies off (they would take {need / 2**20:.0f} MB, over the {budget / 2**20:.0f} MB budget)"
     if any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers):
-        return "bf16 copies off (the 4-bit weights were already repacked by a forward)"
+        return f"{_names(layers)} copies off (the 4-bit weights were already repacked by a forward)"
     return None
 
 
@@ -200,7 +200,8 @@ def _cache_key(layers, threads) -> str:
     except OSError:
         pass
     shapes = sorted({(m.out_features, m.in_features) for m in layers})
-    what = [cpu, os.cpu_count(), torch.__version__, bitsandbytes.__version__, shapes, len(layers), list(threads), SHAPES]
+    what = [cpu, os.cpu_count(), torch.__version__, bitsandbytes.__version__, shapes, len(layers), list(threads), SHAPES,
+            _names(layers)]
     return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:20]
 
 
@@ -244,10 +245,19 @@ def _check_direct(layers) -> bool:
     return True
 
 
+def _dtype(layer) -> torch.dtype:
+    """What the layer computes in: bf16 unless the engine serves in fp32 (core/engine/compute_dtype.py)."""
+    return layer.compute_dtype or torch.bfloat16
+
+
+def _names(layers) -> str:
+    return "fp32" if _dtype(layers[0]) == torch.float32 else "bf16"
+
+
 def _dequantized(layer) -> torch.Tensor:
     import bitsandbytes.functional as bnbf
 
-    dtype = layer.compute_dtype or torch.bfloat16
+    dtype = _dtype(layer)
     w = layer.weight
     return bnbf.dequantize_4bit(w.data, w.quant_state).to(dtype).contiguous()
 
@@ -328,8 +338,7 @@ class _Direct:
 
 def _inputs(layer, shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed + shape[0] * shape[1])
-    dtype = layer.compute_dtype or torch.bfloat16
-    return torch.randn(*shape, layer.in_features, generator=g).to(dtype)
+    return torch.randn(*shape, layer.in_features, generator=g).to(_dtype(layer))
 
 
 def _check(layers, copies) -> str | None:

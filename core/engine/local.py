@@ -35,7 +35,7 @@ from typing import Iterator
 from core.adapters import AdapterSpec, DigestCache, check_compatible, inspect_adapter, module_shapes
 from core.device import model_device
 from core.engine.adapter_io import WeightsFile, checked_key, layout_of
-from core.engine import cpu_4bit
+from core.engine import compute_dtype, cpu_4bit
 from core.engine.adapter_pool import AdapterPool
 from core.engine.base import DEFAULT_CONTEXT_LIMIT, AdapterRef, GenerationSettings
 from core.engine.model_hooks import DecodeThreads, _dense_head_input, default_threads
@@ -69,7 +69,8 @@ class Engine:
         threads: tuple[int, int] | None = None,
         max_batch: int = 8,  # rows decoded together at most
         kv_budget_bytes: int = 512 * 2**20,  # key/value cache the rows of a batch may take (a lone row always runs)
-        dense_budget: int | None = None,  # bytes of bf16 weight copies (core/engine/cpu_4bit.py); None: its default
+        dense_budget: int | None = None,  # bytes of weight copies (core/engine/cpu_4bit.py); None: its default
+        compute=None,  # the compute_dtype.Choice the model was loaded with, for the status line
     ):
         if max_resident < 1:
             raise ChorusError("--max-resident-adapters must be at least 1.")
@@ -99,6 +100,9 @@ class Engine:
         self.cpu_4bit = cpu_4bit.Cpu4bit().install(model, dense_budget if dense_budget is not None else cpu_4bit.budget_bytes(),
                                           (decode, prompt))
         self.fast_paths = self._self_check()
+        if compute is not None:
+            self.fast_paths["compute"] = compute.as_dict()
+            self.fast_paths["summary"] += f"; computes in {compute.why}"
         self._info = info.as_dict()
         self._snapshot: dict = {}
         # Every reply goes through the scheduler's queue and is decoded in batches; the
@@ -109,9 +113,12 @@ class Engine:
     @classmethod
     def load(cls, source: ModelSource, *, max_resident: int = 8, quantize: bool = True, context_limit=None,
              **options) -> "Engine":
-        """options: max_batch, kv_budget_bytes, threads, dense_budget (see __init__)."""
-        model, tokenizer, info = load_base(source, quantize=quantize, context_limit=context_limit)
-        return cls(model, tokenizer, info, max_resident=max_resident, context_limit=context_limit, **options)
+        """options: max_batch, kv_budget_bytes, threads, dense_budget (see __init__). The
+        model computes in the dtype core/engine/compute_dtype.py picks for this machine."""
+        compute = compute_dtype.for_source(source, context_limit, quantize, options.get("threads") or default_threads())
+        model, tokenizer, info = load_base(source, quantize=quantize, context_limit=context_limit, dtype=compute.dtype)
+        return cls(model, tokenizer, info, max_resident=max_resident, context_limit=context_limit, compute=compute,
+                   **options)
 
     def _self_check(self) -> dict:
         """Compare the one-token fast kernels with the reference ones on this machine (a
@@ -141,19 +148,24 @@ class Engine:
             if why:
                 off["lora_mv"] = why
                 self.pool.fast.use_vector(False)  # one-token steps by F.linear, as peft
+            timed = None
             if getattr(self.model.config, "_attn_implementation", None) == attention.NAME:
                 why = attention.self_check(self.model.config)
                 if why:
                     off["decode_attention"] = why
                     self.model.set_attn_implementation("sdpa")
+                else:
+                    timed = attention.keep_if_faster(self.model, self.threads.decode)
         finally:
             torch.set_num_threads(before)
         summary = "on" if not off else "off (self-check: " + "; ".join(off.values()) + ")"
         summary += f"; 4-bit layers: {self.cpu_4bit.summary}"
+        if timed is not None:
+            summary += f"; decode attention: {'Chorus' if timed['used'] == 'chorus' else 'sdpa'}, {timed['why']}"
         if declined:
             summary += " (declined: " + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in declined.items()) + ")"
         return {"ok": not off, "summary": summary, "off": off, "declined": declined, "cpu_4bit": self.cpu_4bit.as_dict(),
-                "ms": round((time.perf_counter() - t0) * 1000, 2)}
+                "attention": timed, "ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     # adapters --------------------------------------------------------------
 

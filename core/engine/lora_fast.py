@@ -28,6 +28,9 @@ operations. What that guarantees, and where (tests/test_lora_fast.py checks each
   greedy tokens in the tests. (Stacking the rows' matrices for `torch.bmm`, Punica/S-LoRA
   style, was tried: it copies every row's adapter once per group.)
 
+An engine that serves in fp32 (core/engine/compute_dtype.py) runs the same paths with fp32
+results: the final cast is then a copy, and the bounds above hold with room to spare.
+
 Switching persona sets one attribute (`FastLora.active`); each layer looks its slot up in a
 dict. Layers of other kinds (embedding LoRA, lora_bias, variants: Chorus refuses such
 adapters today) keep peft's forward, which follows peft's active-adapter lists that the
@@ -44,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 _BF16 = torch.bfloat16
+_VEC_DTYPES = (torch.bfloat16, torch.float32)  # compute dtypes of the one-token path (core/engine/compute_dtype.py)
 _mv = torch.mv
 _grad_on = torch.is_grad_enabled
 
@@ -75,15 +79,17 @@ class _State:
         self.add_then_cast = add_then_cast  # peft's lora.Linear adds in the LoRA dtype, then casts
         self.entries: dict[str, _Entry] = {}
         self.rows: _RowPlan | None = None  # set while a mixed batch runs
-        # One-token buffers (bf16 compute, fp32 LoRA: the NF4 case): the input in fp32,
-        # shared with siblings that read the same input, and B @ h in fp32 and in bf16.
-        self.vec_ok = not add_then_cast and getattr(base, "compute_dtype", None) == torch.bfloat16
+        # One-token buffers (bf16 or fp32 compute, fp32 LoRA: the NF4 cases): the input in
+        # fp32, shared with siblings that read the same input, and B @ h in fp32 and in the
+        # compute dtype ("o16": bf16 unless the engine serves in fp32).
+        compute = getattr(base, "compute_dtype", None)
+        self.vec_ok = not add_then_cast and compute in _VEC_DTYPES
         n_in, n_out = base.in_features, base.out_features
         self.x32 = owner.input_buffer(n_in)
         self.x32_3d = self.x32.view(1, 1, n_in)
         self.one = self.x32_3d.shape  # the input shape of a one-token step
         self.o32 = torch.empty(n_out)
-        self.o16 = torch.empty(1, 1, n_out, dtype=torch.bfloat16)
+        self.o16 = torch.empty(1, 1, n_out, dtype=compute if self.vec_ok else _BF16)
 
 
 def _forward(layer, x, *args, **kwargs):
@@ -97,7 +103,7 @@ def _forward(layer, x, *args, **kwargs):
     e = st.entries.get(owner.active)
     if e is None:
         return result
-    if e.mv and st.vec_ok and x.shape == st.one and result.dtype == _BF16 and not _grad_on():
+    if e.mv and st.vec_ok and x.shape == st.one and result.dtype == st.o16.dtype and not _grad_on():
         # One token: x in fp32 (once for q/k/v and once for gate/up), A @ x, B @ h, cast, add;
         # into buffers, no allocations. Within bf16 rounding of F.linear (module docstring).
         if owner.seen is not x or owner.seen_buffer is not st.x32:  # siblings pass the same tensor
@@ -130,7 +136,7 @@ class _RowPlan:
         self.x3 = self.x32.view(rows, 1, n_in)
         o32 = torch.empty(rows, n_out)
         self.o3 = o32.view(rows, 1, n_out)
-        self.o16 = torch.empty(rows, 1, n_out, dtype=torch.bfloat16)
+        self.o16 = torch.empty(rows, 1, n_out, dtype=st.o16.dtype)
         self.items = [(e.A, e.B, e.h, e.scale, self.x32[i], o32[i]) for i, e in enumerate(entries) if e is not None]
         self.vec = all(e is None or e.mv for e in entries)
         self.every_row = all(e is not None for e in entries)
@@ -141,7 +147,7 @@ def _rows_forward(st, x, result):
     """Each row its own adapter, as peft's mixed batches compute it for a row alone: one
     token per row, matrix-vector products into buffers; a prompt, F.linear per row."""
     p = st.rows
-    if p.vec and st.vec_ok and x.shape == p.x3.shape and result.dtype == _BF16 and not _grad_on():
+    if p.vec and st.vec_ok and x.shape == p.x3.shape and result.dtype == p.o16.dtype and not _grad_on():
         owner = st.owner
         if owner.seen is not x or owner.seen_buffer is not p.x32:  # siblings pass the same tensor
             p.x3.copy_(x)

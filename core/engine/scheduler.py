@@ -79,7 +79,9 @@ class Scheduler:
         self.engine = engine
         self.max_batch = max_batch
         self.kv_budget = kv_budget_bytes
-        self.token_bytes = kv_bytes_per_token(engine.model.config)
+        emb = engine.model.get_input_embeddings() if hasattr(engine.model, "get_input_embeddings") else None
+        width = emb.weight.element_size() if emb is not None else 2  # the cache is kept in the compute dtype
+        self.token_bytes = kv_bytes_per_token(engine.model.config, width)
         self.decoder = Decoder(engine)
         self._cond = threading.Condition()
         self._waiting: list[Request] = []
@@ -389,12 +391,12 @@ class Scheduler:
             req.stop.set()
 
 
-def kv_bytes_per_token(config) -> int:
-    """Bytes of key/value cache one token of one row takes (all layers, keys and values)."""
+def kv_bytes_per_token(config, width: int = 2) -> int:
+    """Bytes of key/value cache one token of one row takes (all layers, keys and values),
+    `width` bytes a value (the compute dtype's: 2 for bf16, 4 for fp32)."""
     text = getattr(config, "text_config", None) or config
     layers = int(getattr(text, "num_hidden_layers", 1))
     heads = int(getattr(text, "num_attention_heads", 1))
     kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
-    dtype_bytes = 2  # bf16 activations (the NF4 compute dtype)
-    return 2 * layers * kv_heads * head_dim * dtype_bytes
+    return 2 * layers * kv_heads * head_dim * width
