@@ -180,6 +180,7 @@ def time_against_sdpa(config, dtype, threads: int = 1, seed: int = 0) -> dict:
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config  # multimodal: the decoder's
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     d = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
