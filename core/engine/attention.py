@@ -176,9 +176,9 @@ def time_against_sdpa(config, dtype, threads: int = 1, seed: int = 0) -> dict:
     against transformers' sdpa function (what the model would run instead), on the model's
     head layout, its compute dtype and the decode threads. {"ours_ms", "sdpa_ms"} summed over
     TIMED. A few ms."""
-    import time
-
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from core.engine.timing import interleaved_ms
 
     config = config.get_text_config() if hasattr(config, "get_text_config") else config  # multimodal: the decoder's
     heads = int(config.num_attention_heads)
@@ -198,17 +198,11 @@ def time_against_sdpa(config, dtype, threads: int = 1, seed: int = 0) -> dict:
                 mask = None
                 if padded:  # row i's first 16 * i keys are padding
                     mask = (torch.arange(keys)[None, :] >= 16 * torch.arange(rows)[:, None]).view(rows, 1, 1, keys)
-                ways = {"ours_ms": decode_attention, "sdpa_ms": sdpa_attention_forward}
-                times = {name: [] for name in ways}
-                for fn in ways.values():
-                    fn(module, q, k, v, mask, scaling=d**-0.5)  # warm-up
-                for _ in range(_TRIALS):
-                    for name, fn in ways.items():  # interleaved: both see the same machine
-                        t0 = time.perf_counter()
-                        fn(module, q, k, v, mask, scaling=d**-0.5)
-                        times[name].append((time.perf_counter() - t0) * 1000)
-                for name, ts in times.items():
-                    totals[name] += sorted(ts)[len(ts) // 2]
+                args = (module, q, k, v, mask)
+                ways = {"ours_ms": lambda: decode_attention(*args, scaling=d**-0.5),
+                        "sdpa_ms": lambda: sdpa_attention_forward(*args, scaling=d**-0.5)}
+                for name, ms in interleaved_ms(ways, _TRIALS).items():
+                    totals[name] += ms
     finally:
         torch.set_num_threads(before)
     return {name: round(ms, 4) for name, ms in totals.items()}

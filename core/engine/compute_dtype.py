@@ -20,7 +20,6 @@ multiplied in, what the norms, embeddings and head are kept in, and the cache's 
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 
 from core.device import forced_dtype
@@ -100,10 +99,11 @@ def choose(config, device: str, threads: tuple[int, int], fits_in_fp32=None) -> 
 
 def time_projection(n_in: int, n_out: int, threads: tuple[int, int]) -> dict:
     """Median ms of one n_in -> n_out projection in bf16 and fp32, per regime, on the
-    threads the engine runs that regime on; the two dtypes interleaved, so both see the
-    same machine."""
+    threads the engine runs that regime on (core/engine/timing.py)."""
     import torch
     import torch.nn.functional as F
+
+    from core.engine.timing import interleaved_ms
 
     g = torch.Generator().manual_seed(0)
     w32 = torch.randn(n_out, n_in, generator=g) / n_in**0.5
@@ -116,17 +116,9 @@ def time_projection(n_in: int, n_out: int, threads: tuple[int, int]) -> dict:
                 torch.set_num_threads(threads[1] if regime == "prompt" else threads[0])
                 x32 = torch.randn(rows, n_in, generator=g)
                 xs = {"bf16": x32.bfloat16(), "fp32": x32}
-                times = {d: [] for d in weights}
-                for d in weights:
-                    F.linear(xs[d], weights[d])  # warm-up: the kernels' first-call set-up
-                reps = max(1, 32 // rows)  # a decode step's 0.1 ms is timed over several calls
-                for _ in range(_TRIALS):
-                    for d in weights:
-                        t0 = time.perf_counter()
-                        for _ in range(reps):
-                            F.linear(xs[d], weights[d])
-                        times[d].append((time.perf_counter() - t0) * 1000 / reps)
-                out[regime] = {f"{d}_ms": round(sorted(v)[len(v) // 2], 4) for d, v in times.items()}
+                ways = {d: (lambda d=d: F.linear(xs[d], weights[d])) for d in weights}
+                timed = interleaved_ms(ways, _TRIALS, reps=max(1, 32 // rows))  # a decode step's 0.1 ms over several calls
+                out[regime] = {f"{d}_ms": round(ms, 4) for d, ms in timed.items()}
     finally:
         torch.set_num_threads(before)
     return out

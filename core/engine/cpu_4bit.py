@@ -46,10 +46,11 @@ bitsandbytes' own forward.
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 import torch.nn.functional as F
+
+from core.engine.timing import interleaved_ms
 
 # The timed calls: (rows, tokens per row). Decode steps (one token per row) take one way
 # for one row and for a batch alike, so that a reply decodes by the same kernel alone
@@ -381,13 +382,6 @@ def _time_one(layers, copies, shape) -> dict:
         "bnb_ms": lambda: [_forward(layer, x) for layer, x in zip(layers, xs)],  # no copies installed yet
         "dense_ms": lambda: [F.linear(x, copies[layer]) for layer, x in zip(layers, xs)],
     }
-    times = {k: [] for k in ways}
-    with torch.no_grad():
-        for way in ways.values():
-            way()  # warm-up (bitsandbytes repacks the layers not repacked yet)
-        for _ in range(_TRIALS):
-            for key, way in ways.items():  # interleaved: both see the same machine
-                t0 = time.perf_counter()
-                way()
-                times[key].append((time.perf_counter() - t0) * 1000)
-    return {k: round(sorted(v)[len(v) // 2], 3) for k, v in times.items()}
+    with torch.no_grad():  # the warm-up call repacks the layers bitsandbytes has not repacked yet
+        timed = interleaved_ms(ways, _TRIALS)
+    return {k: round(v, 3) for k, v in timed.items()}
